@@ -1,0 +1,320 @@
+"""The IR: a networkx.MultiDiGraph of ops (nodes) and tensors (edges).
+
+Rules read and change models through the few queries here, so that the bookkeeping that is easy
+to get wrong (ports, graph outputs, shared layers) lives in one place.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import networkx as nx
+import numpy as np
+
+from kopt.errors import GraphLintError, KoptError
+
+log = logging.getLogger("kopt")
+
+
+@dataclass(frozen=True)
+class Port:
+    """Placeholder for the input tensor arriving on `index` inside a node's call template."""
+
+    index: int
+
+
+@dataclass
+class Node:
+    """One op: a Keras layer with its config and named numpy weights.
+
+    `call` is None for the usual `layer(x)` / `layer([a, b])` call; otherwise a pair
+    (args, kwargs) with `Port` placeholders where input tensors go.
+    `shared_key` groups nodes that are one Keras layer called several times.
+    `layer_class` is the original class, needed to rebuild layers kopt does not know.
+    """
+
+    name: str
+    op: str
+    config: dict
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    output_shapes: list[tuple] = field(default_factory=list)
+    output_dtypes: list[str] = field(default_factory=list)
+    call: tuple | None = None
+    shared_key: str | None = None
+    layer_class: type | None = None
+    source: str = "keras"
+    layer: Any = None  # original layer object, kept only for opaque layers (never mutated)
+
+    @property
+    def output_shape(self) -> tuple:
+        return self.output_shapes[0]
+
+    @property
+    def activation(self) -> str:
+        act = self.config.get("activation", "linear")
+        if isinstance(act, dict):  # serialized activation object
+            act = act.get("config", act.get("class_name", "custom"))
+            act = act if isinstance(act, str) else "custom"
+        return act or "linear"
+
+    def weight_count(self) -> int:
+        return int(sum(np.size(w) for w in self.weights.values()))
+
+    def copy(self) -> "Node":
+        new = copy.copy(self)
+        new.config = copy.deepcopy(self.config)
+        new.weights = {k: np.array(v, copy=True) for k, v in self.weights.items()}
+        new.output_shapes = list(self.output_shapes)
+        new.output_dtypes = list(self.output_dtypes)
+        return new
+
+
+class Graph:
+    """A model as a graph. Edge data: `src_port` (output index) and `dst_port` (input index)."""
+
+    def __init__(self, name: str = "model"):
+        self.name = name
+        self.nx = nx.MultiDiGraph()
+        self.inputs: list[str] = []
+        self.outputs: list[tuple[str, int]] = []
+        self.output_names: list[str] = []
+        self._order = itertools.count()
+
+    # ---- construction -------------------------------------------------------------------
+    def add(self, node: Node) -> Node:
+        if node.name in self.nx:
+            raise GraphLintError(f"node name '{node.name}' is already in the graph")
+        self.nx.add_node(node.name, node=node, order=next(self._order))
+        return node
+
+    def connect(self, src: str, dst: str, src_port: int = 0, dst_port: int = 0) -> None:
+        self.nx.add_edge(src, dst, src_port=src_port, dst_port=dst_port)
+
+    def next_order(self) -> int:
+        """A mark: nodes added after it are returned by added_since(mark)."""
+        mark = next(self._order)
+        return mark
+
+    def added_since(self, mark: int) -> list[str]:
+        return [n for n, o in self.nx.nodes(data="order") if o > mark]
+
+    def unique_name(self, base: str) -> str:
+        if base not in self.nx:
+            return base
+        for i in itertools.count(1):
+            if f"{base}_{i}" not in self.nx:
+                return f"{base}_{i}"
+        raise AssertionError("unreachable")
+
+    # ---- queries ------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Node:
+        try:
+            return self.nx.nodes[name]["node"]
+        except KeyError:
+            raise KoptError(f"no node named '{name}' in graph '{self.name}'") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.nx
+
+    def __len__(self) -> int:
+        return self.nx.number_of_nodes()
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.topological())
+
+    def topological(self) -> list[Node]:
+        """Nodes in a deterministic topological order (insertion order breaks ties)."""
+        order = nx.get_node_attributes(self.nx, "order")
+        names = nx.lexicographical_topological_sort(self.nx, key=order.__getitem__)
+        return [self[n] for n in names]
+
+    def nodes_of(self, *ops: str) -> list[Node]:
+        return [n for n in self.topological() if n.op in ops]
+
+    def in_edges(self, name: str) -> list[tuple[str, int, int]]:
+        """(src, src_port, dst_port) for every input of `name`, ordered by dst_port."""
+        edges = [(s, d["src_port"], d["dst_port"]) for s, _, d in self.nx.in_edges(name, data=True)]
+        return sorted(edges, key=lambda e: e[2])
+
+    def out_edges(self, name: str) -> list[tuple[str, int, int]]:
+        """(dst, src_port, dst_port) for every reader of an output of `name`."""
+        edges = [(t, d["src_port"], d["dst_port"]) for _, t, d in self.nx.out_edges(name, data=True)]
+        order = nx.get_node_attributes(self.nx, "order")
+        return sorted(edges, key=lambda e: (order[e[0]], e[2]))
+
+    def producers(self, name: str) -> list[Node]:
+        return [self[s] for s, _, _ in self.in_edges(name)]
+
+    def input_shapes(self, name: str) -> list[tuple]:
+        return [self[s].output_shapes[p] for s, p, _ in self.in_edges(name)]
+
+    def single_producer(self, name: str) -> Node | None:
+        edges = self.in_edges(name)
+        return self[edges[0][0]] if len(edges) == 1 else None
+
+    def consumers(self, name: str) -> list[Node]:
+        seen: dict[str, None] = {}
+        for dst, _, _ in self.out_edges(name):
+            seen[dst] = None
+        return [self[n] for n in seen]
+
+    def is_output(self, name: str) -> bool:
+        return any(n == name for n, _ in self.outputs)
+
+    def only_consumer(self, name: str) -> Node | None:
+        """The one node reading `name`'s output, if exactly one edge reads it and it is not a
+        model output; rules that fuse a node into its reader need this to be true."""
+        edges = self.out_edges(name)
+        if len(edges) != 1 or self.is_output(name):
+            return None
+        return self[edges[0][0]]
+
+    def is_shared(self, node: Node) -> bool:
+        """True if the node's Keras layer is called elsewhere too (rules must not change it)."""
+        key = node.shared_key or node.name
+        return sum(1 for n in self.nx.nodes if (self[n].shared_key or n) == key) > 1
+
+    # ---- edits --------------------------------------------------------------------------
+    def rewire(self, old: str, new: str, port_map: dict[int, int] | None = None) -> None:
+        """Move every reader (and graph output) of `old`'s outputs onto `new`."""
+        for dst, sp, dp in self.out_edges(old):
+            np_ = port_map.get(sp, sp) if port_map else sp
+            self._remove_edge(old, dst, sp, dp)
+            self.connect(new, dst, np_, dp)
+        self.outputs = [
+            (new, port_map.get(p, p) if port_map else p) if n == old else (n, p)
+            for n, p in self.outputs
+        ]
+
+    def remove(self, name: str) -> None:
+        if self.out_edges(name) or self.is_output(name):
+            raise GraphLintError(f"cannot remove '{name}': its output is still read")
+        if name in self.inputs:
+            raise GraphLintError(f"cannot remove model input '{name}'")
+        self.nx.remove_node(name)
+
+    def bypass(self, name: str) -> None:
+        """Drop a one-input node, connecting its producer straight to its readers."""
+        edges = self.in_edges(name)
+        if len(edges) != 1:
+            raise GraphLintError(f"cannot bypass '{name}': it has {len(edges)} inputs")
+        src, sp, _ = edges[0]
+        for dst, _, dp in self.out_edges(name):
+            self.connect(src, dst, sp, dp)
+        self.outputs = [(src, sp) if n == name else (n, p) for n, p in self.outputs]
+        self.nx.remove_node(name)
+
+    def replace(self, old: Iterable[str], new: Node, inputs: list[tuple[str, int]],
+                output_of: str) -> Node:
+        """Replace the connected nodes `old` by `new`, which reads `inputs` (src, port) and
+        takes over the outputs of `output_of`. No other node in `old` may be read outside."""
+        old = list(old)
+        for name in old:
+            if name == output_of:
+                continue
+            outside = [d for d, _, _ in self.out_edges(name) if d not in old]
+            if outside or self.is_output(name):
+                raise GraphLintError(f"cannot replace '{name}': its output is read by {outside}")
+        self.add(new)
+        for port, (src, sp) in enumerate(inputs):
+            self.connect(src, new.name, sp, port)
+        self.rewire(output_of, new.name)
+        for name in old:
+            self.nx.remove_node(name)
+        return new
+
+    def insert_after(self, name: str, new: Node, port: int = 0) -> Node:
+        """Put a one-input node between `name`'s output `port` and all of its readers."""
+        self.add(new)
+        for dst, sp, dp in self.out_edges(name):
+            if sp == port:
+                self._remove_edge(name, dst, sp, dp)
+                self.connect(new.name, dst, 0, dp)
+        self.outputs = [(new.name, 0) if (n, p) == (name, port) else (n, p)
+                        for n, p in self.outputs]
+        self.connect(name, new.name, port, 0)
+        return new
+
+    def _remove_edge(self, src: str, dst: str, sp: int, dp: int) -> None:
+        for key, d in list(self.nx.get_edge_data(src, dst).items()):
+            if d["src_port"] == sp and d["dst_port"] == dp:
+                self.nx.remove_edge(src, dst, key)
+                return
+        raise GraphLintError(f"no edge {src}:{sp} -> {dst}:{dp}")
+
+    def prune_dead(self) -> list[str]:
+        """Remove nodes no model output depends on (left over after a rewrite)."""
+        live = set(n for n, _ in self.outputs)
+        for n, _ in self.outputs:
+            live |= nx.ancestors(self.nx, n)
+        dead = [n for n in self.nx.nodes if n not in live and n not in self.inputs]
+        self.nx.remove_nodes_from(dead)
+        return dead
+
+    def copy(self) -> "Graph":
+        g = Graph(self.name)
+        g._order = itertools.count(next(copy.copy(self._order)))
+        for name, data in self.nx.nodes(data=True):
+            g.nx.add_node(name, node=data["node"].copy(), order=data["order"])
+        for s, t, d in self.nx.edges(data=True):
+            g.nx.add_edge(s, t, **d)
+        g.inputs, g.outputs = list(self.inputs), list(self.outputs)
+        g.output_names = list(self.output_names)
+        return g
+
+    # ---- cost model ---------------------------------------------------------------------
+    def count_params(self) -> int:
+        """Parameters as Keras counts them (trainable and not), shared layers counted once."""
+        seen, total = set(), 0
+        for node in self.topological():
+            key = node.shared_key or node.name
+            if key not in seen:
+                seen.add(key)
+                total += node.weight_count()
+        return total
+
+    def count_macs(self) -> int:
+        """Multiply-accumulates of the tensor ops at the model's input shape, batch 1."""
+        from kopt.ops import node_macs
+
+        return int(sum(node_macs(self, n) for n in self.topological()))
+
+    def lint(self) -> None:
+        """Raise GraphLintError if an invariant is broken; cheap enough to run after each rule."""
+        from kopt.ops import check_weight_shapes
+
+        if not nx.is_directed_acyclic_graph(self.nx):
+            raise GraphLintError("graph has a cycle")
+        for node in self.topological():
+            ports = [dp for _, _, dp in self.in_edges(node.name)]
+            if ports != list(range(len(ports))):
+                raise GraphLintError(f"'{node.name}': input ports {ports} are not 0..n-1")
+            if node.op == "InputLayer" and node.name not in self.inputs:
+                raise GraphLintError(f"'{node.name}' is an InputLayer but not a model input")
+            check_weight_shapes(self, node)
+        for n, p in self.outputs:
+            if n not in self.nx or p >= len(self[n].output_shapes):
+                raise GraphLintError(f"model output {n}:{p} does not exist")
+
+    def summary_rows(self) -> list[dict]:
+        from kopt.ops import category, node_macs
+
+        return [
+            dict(name=n.name, op=n.op, shape=_fmt_shape(n.output_shapes),
+                 params=n.weight_count(), macs=int(node_macs(self, n)),
+                 category=category(n.op))
+            for n in self.topological()
+        ]
+
+    def __repr__(self) -> str:
+        return (f"<kopt.Graph '{self.name}': {len(self)} nodes, "
+                f"{self.count_params():,} params, {self.count_macs():,} MACs>")
+
+
+def _fmt_shape(shapes: list[tuple]) -> str:
+    parts = ["(" + ", ".join("?" if d is None else str(d) for d in s) + ")" for s in shapes]
+    return parts[0] if len(parts) == 1 else "[" + ", ".join(parts) + "]"
