@@ -1,0 +1,61 @@
+"""The seed's two small models (document 002): a VGG-like stack and an inception "tree".
+
+Both take 28x28x1 digits and end in 10 classes. Widths are parameters so benchmarks can test
+variants (other widths, an extra block).
+"""
+
+import keras
+
+L = keras.layers
+
+
+def conv_bn_relu(x, filters: int, kernel: int = 3, name: str | None = None):
+    """Conv (no bias) + BatchNormalization + ReLU, as Keras' InceptionV3 builds its convs."""
+    x = L.Conv2D(filters, kernel, padding="same", use_bias=False,
+                 name=None if name is None else f"{name}_conv")(x)
+    x = L.BatchNormalization(name=None if name is None else f"{name}_bn")(x)
+    return L.ReLU(name=None if name is None else f"{name}_relu")(x)
+
+
+def vgg_like(width: int = 32, dense: int = 128, classes: int = 10) -> keras.Model:
+    """4 conv+BN+ReLU, 2 max-pools, Dense+BN+Dropout, Dense(classes): ~470k params at width 32."""
+    x = inp = keras.Input((28, 28, 1), name="image")
+    for block, filters in enumerate((width, 2 * width)):
+        x = conv_bn_relu(x, filters, name=f"b{block}a")
+        x = conv_bn_relu(x, filters, name=f"b{block}b")
+        x = L.MaxPooling2D(2, name=f"b{block}_pool")(x)
+    x = L.Flatten()(x)
+    x = L.Dense(dense, name="fc1")(x)
+    x = L.BatchNormalization(name="fc1_bn")(x)
+    x = L.ReLU(name="fc1_relu")(x)
+    x = L.Dropout(0.3)(x)
+    return keras.Model(inp, L.Dense(classes, activation="softmax", name="predictions")(x),
+                       name="vgg_like")
+
+
+def inception_block(x, widths: tuple[int, int, int, int], name: str):
+    """Four branches (1x1 | 1x1-3x3 | 1x1-3x3-3x3 | avgpool-1x1) meeting in a Concatenate."""
+    w1, w2, w3, w4 = widths
+    b1 = conv_bn_relu(x, w1, 1, f"{name}_b1")
+    b2 = conv_bn_relu(conv_bn_relu(x, w2 * 3 // 4, 1, f"{name}_b2a"), w2, 3, f"{name}_b2b")
+    b3 = conv_bn_relu(x, w3 // 2, 1, f"{name}_b3a")
+    b3 = conv_bn_relu(conv_bn_relu(b3, w3, 3, f"{name}_b3b"), w3, 3, f"{name}_b3c")
+    b4 = L.AveragePooling2D(3, strides=1, padding="same", name=f"{name}_b4_pool")(x)
+    b4 = conv_bn_relu(b4, w4, 1, f"{name}_b4")
+    return L.Concatenate(name=f"{name}_concat")([b1, b2, b3, b4])
+
+
+def tree(width: int = 32, dense: int = 256, classes: int = 10, blocks: int = 2) -> keras.Model:
+    """Stem, `blocks` inception blocks with max-pools between, Dense classifier: ~300k params."""
+    x = inp = keras.Input((28, 28, 1), name="image")
+    x = conv_bn_relu(x, width, 3, "stem")
+    x = L.MaxPooling2D(2, name="stem_pool")(x)
+    for i in range(blocks):
+        x = inception_block(x, (width, width, 3 * width // 4, 3 * width // 4), f"mixed{i}")
+        if i < blocks - 1 or x.shape[1] > 4:
+            x = L.MaxPooling2D(2, name=f"mixed{i}_pool")(x)
+    x = L.Flatten()(x)
+    x = L.Dense(dense, activation="relu", name="fc1")(x)
+    x = L.Dropout(0.3)(x)
+    return keras.Model(inp, L.Dense(classes, activation="softmax", name="predictions")(x),
+                       name="tree")

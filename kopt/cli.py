@@ -1,0 +1,95 @@
+"""`kopt inspect | optimize | report | export` — thin wrappers over the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from kopt.frontend import from_keras, load_model
+
+    g = from_keras(load_model(args.model, safe_mode=not args.unsafe))
+    rows = g.summary_rows()
+    width = max([len(r["name"]) for r in rows] + [4])
+    opw = max([len(r["op"]) for r in rows] + [2])
+    print(f"{'name':<{width}}  {'op':<{opw}}  {'output shape':<22} {'params':>11} "
+          f"{'MACs':>15}  category")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['op']:<{opw}}  {r['shape']:<22} {r['params']:>11,} "
+              f"{r['macs']:>15,}  {r['category']}")
+    tensor = sum(1 for r in rows if r["category"] == "tensor")
+    print(f"\n{g.name}: {len(rows)} nodes ({tensor} tensor ops), {g.count_params():,} params, "
+          f"{g.count_macs():,} MACs (batch 1)")
+    return 0
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from kopt.frontend import load_model
+    from kopt.pipeline import Optimizer
+
+    model = load_model(args.model, safe_mode=not args.unsafe)
+    opt = Optimizer(verify=not args.no_verify, tolerance=args.tolerance)
+    new = opt.optimize(model)
+    print(opt.report)
+    new.save(args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kopt.errors import KoptError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("report", "export"):
+        return _delegate(argv[0], argv[1:])
+    parser = argparse.ArgumentParser(prog="kopt", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every rewrite")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="per-node table: op, shape, params, MACs, category")
+    p.add_argument("model", help=".keras or .h5 file")
+    p.add_argument("--unsafe", action="store_true",
+                   help="load with safe_mode=False (runs code stored in the file: trusted only)")
+    p.set_defaults(func=_inspect)
+    p = sub.add_parser("optimize", help="apply the exact rewrites, verify, save")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="output .keras file")
+    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument("--unsafe", action="store_true")
+    p.set_defaults(func=_optimize)
+    sub.add_parser("report", help="per-layer timing report (see `kopt report -h`)")
+    sub.add_parser("export", help="TFLite int8/float or ONNX export (see `kopt export -h`)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(message)s",
+                        level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        return args.func(args)
+    except KoptError as err:
+        print(f"kopt: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    from kopt.errors import KoptError
+
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    try:
+        if command == "report":
+            from kopt.timing import cli_report
+
+            return cli_report(argv)
+        from kopt.export import cli_export
+
+        return cli_export(argv)
+    except KoptError as err:
+        print(f"kopt: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Every keras.applications architecture: lossless round trip (include_top both ways) and
+exact optimisation. Small input sizes keep the zoo inside CI's budget; the graphs are the same.
+"""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+
+import kopt
+from kopt.testing import assert_same_function, randomize_weights
+
+ARCHITECTURES = sorted(n for n, f in inspect.getmembers(keras.applications, callable)
+                       if n[0].isupper())
+FOLDABLE = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+
+
+def _build(name: str, include_top: bool) -> keras.Model:
+    keras.backend.clear_session()
+    size = 75 if name.startswith(("Inception", "Xception")) else 32
+    model = getattr(keras.applications, name)(weights=None, include_top=include_top,
+                                              input_shape=(size, size, 3), classes=10)
+    return randomize_weights(model, seed=7)
+
+
+def _probe(model: keras.Model) -> np.ndarray:
+    shape = (1,) + tuple(model.input_shape[1:])
+    return np.random.default_rng(0).uniform(0, 255, shape).astype("float32")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_zoo_roundtrip(name):
+    for include_top in (True, False):
+        model = _build(name, include_top)
+        g = kopt.from_keras(model)
+        out = kopt.to_keras(g)
+        assert out.count_params() == model.count_params() == g.count_params()
+        assert_same_function(model, out, rtol=1e-5, x=_probe(model))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_zoo_optimize_is_exact_and_smaller(name):
+    model = _build(name, include_top=True)
+    opt = kopt.Optimizer()
+    new = opt.optimize(model)
+    assert not opt.report.rolled_back, str(opt.report)
+    assert_same_function(model, new, rtol=1e-4, x=_probe(model))
+    assert new.count_params() <= model.count_params()
+    assert len(new.layers) < len(model.layers), str(opt.report)
+    if name in ("ResNet50", "MobileNet", "MobileNetV2", "InceptionV3", "VGG16"):
+        g = kopt.from_keras(new)
+        after_conv = [n.name for n in g.nodes_of("BatchNormalization")
+                      if any(p.op in FOLDABLE for p in g.producers(n.name))]
+        assert not after_conv, f"BN left after a conv: {after_conv}"
