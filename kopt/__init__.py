@@ -11,8 +11,14 @@ The public API is what this module exports; names load lazily so `import kopt` s
 from importlib import import_module
 from typing import Any
 
-from kopt.errors import (DataError, EmitError, GraphLintError, KoptError,
-                         UnsupportedModelError, VerificationError)
+from kopt.errors import (
+    DataError,
+    EmitError,
+    GraphLintError,
+    KoptError,
+    UnsupportedModelError,
+    VerificationError,
+)
 
 __version__ = "0.1.0"
 

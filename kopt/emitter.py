@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -125,7 +125,7 @@ def _adapt_config(config: dict, cls: type, backend: str) -> dict:
     return {k: v for k, v in config.items() if k in allowed}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _init_params(cls: type) -> frozenset:
     names = {"name", "trainable", "dtype"}
     for klass in cls.__mro__:
@@ -139,7 +139,7 @@ def _call(layer: Any, node: Node, inputs: list) -> Any:
     if node.call is None:
         return layer(inputs[0] if len(inputs) == 1 else inputs)
     args, kwargs = node.call
-    fill = lambda x: _fill(x, inputs)  # noqa: E731
+    fill = lambda x: _fill(x, inputs)
     return layer(*fill(args), **fill(kwargs))
 
 

@@ -208,13 +208,13 @@ def _call_template(knode: Any, api: str) -> tuple | None:
         from keras.src.backend import KerasTensor
 
         args, kwargs = knode.arguments.args, knode.arguments.kwargs
-        is_tensor = lambda x: isinstance(x, KerasTensor)  # noqa: E731
+        is_tensor = lambda x: isinstance(x, KerasTensor)
     else:
         import tensorflow as tf
 
         tree = None
         args, kwargs = knode.call_args, knode.call_kwargs
-        is_tensor = lambda x: hasattr(x, "_keras_history")  # noqa: E731
+        is_tensor = lambda x: hasattr(x, "_keras_history")
     counter = iter(range(10**9))
 
     def place(x: Any) -> Any:

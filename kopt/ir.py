@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -64,7 +65,7 @@ class Node:
     def weight_count(self) -> int:
         return int(sum(np.size(w) for w in self.weights.values()))
 
-    def copy(self) -> "Node":
+    def copy(self) -> Node:
         new = copy.copy(self)
         new.config = copy.deepcopy(self.config)
         new.weights = {k: np.array(v, copy=True) for k, v in self.weights.items()}
@@ -142,7 +143,8 @@ class Graph:
 
     def out_edges(self, name: str) -> list[tuple[str, int, int]]:
         """(dst, src_port, dst_port) for every reader of an output of `name`."""
-        edges = [(t, d["src_port"], d["dst_port"]) for _, t, d in self.nx.out_edges(name, data=True)]
+        edges = [(t, d["src_port"], d["dst_port"])
+                 for _, t, d in self.nx.out_edges(name, data=True)]
         order = nx.get_node_attributes(self.nx, "order")
         return sorted(edges, key=lambda e: (order[e[0]], e[2]))
 
@@ -255,7 +257,7 @@ class Graph:
         self.nx.remove_nodes_from(dead)
         return dead
 
-    def copy(self) -> "Graph":
+    def copy(self) -> Graph:
         g = Graph(self.name)
         g._order = itertools.count(next(copy.copy(self._order)))
         for name, data in self.nx.nodes(data=True):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +112,7 @@ class Report:
                     rolled_back=[dict(rule=r, reason=why) for r, why in self.rolled_back])
 
     def __str__(self) -> str:
-        lines = ["rule                  applied   params before -> after        MACs before -> after"]
+        lines = [f"{'rule':<22}applied   params before -> after        MACs before -> after"]
         for rule in dict.fromkeys(a.rule for a in self.applied):
             apps = [a for a in self.applied if a.rule == rule]
             p0, p1 = sum(a.params[0] for a in apps), sum(a.params[1] for a in apps)

@@ -4,10 +4,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from kopt.testing import assert_same_function, randomize_weights  # noqa: E402,F401
+from kopt.testing import assert_same_function, randomize_weights  # noqa: F401
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kopt
-from kopt.testing import model_inputs, outputs, randomize_weights
 from kopt.rewrite import max_relative_error
+from kopt.testing import model_inputs, outputs, randomize_weights
 
 L = keras.layers
 

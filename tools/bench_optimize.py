@@ -18,12 +18,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import kopt  # noqa: E402
-from kopt.testing import randomize_weights  # noqa: E402
+import kopt
+from kopt.testing import randomize_weights
 
 DEFAULT = ["ResNet50", "MobileNetV2", "InceptionV3", "DenseNet121", "vgg_like"]
 

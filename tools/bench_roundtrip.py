@@ -10,9 +10,9 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+import keras
 
-import kopt  # noqa: E402
+import kopt
 
 
 def main() -> None:
