@@ -153,3 +153,13 @@ def test_pass_manager_rolls_back_a_broken_rule(caplog):
     assert report.counts() == {"fold_batchnorm": 1}  # the good rule's work is kept
     assert not g.nodes_of("BatchNormalization")
     assert any("zero_bias" in r.message and "rolled back" in r.message for r in caplog.records)
+
+
+def test_mobilenetv2_loses_every_bn_and_relu6():
+    from rewrites.fuse_vertical import FuseVertical
+
+    m = keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), alpha=0.35)
+    g, report = _run(m, [FoldBatchNorm(), FuseVertical()])
+    assert report.counts()["fold_batchnorm"] == 52
+    assert not g.nodes_of("BatchNormalization") and not g.nodes_of("ReLU")
+    assert report.max_error < 1e-5 and not report.rolled_back

@@ -1,0 +1,14 @@
+"""The rule registry: EXACT rules and APPROXIMATE rules, in their default order.
+
+Order matters: identities go first (they hide BN/activation pairs), BN folding before
+activation fusion (conv-BN-ReLU must fold the BN before the ReLU can join the conv), and
+horizontal fusion last, once parallel convs carry their activations.
+"""
+
+from rewrites.fold_batchnorm import FoldBatchNorm
+from rewrites.fuse_vertical import FuseVertical
+from rewrites.remove_identity import RemoveIdentity
+
+EXACT = [RemoveIdentity, FoldBatchNorm, FuseVertical]
+
+__all__ = ["EXACT", "FoldBatchNorm", "FuseVertical", "RemoveIdentity"]

@@ -1,0 +1,117 @@
+"""FuseVertical: activation into op, linear pair into one op, explicit padding into "same"."""
+
+import keras
+import pytest
+
+import kopt
+from kopt.rewrite import PassManager
+from kopt.testing import assert_same_function, randomize_weights
+from rewrites.fuse_vertical import FuseVertical
+
+L = keras.layers
+
+
+def _run(shape, *layers, applied):
+    x = keras.Input(shape)
+    y = x
+    for layer in layers:
+        y = layer(y)
+    m = randomize_weights(keras.Model(x, y), seed=7)
+    g, report = PassManager([FuseVertical()], verify=True).run(kopt.from_keras(m))
+    assert_same_function(m, kopt.to_keras(g), rtol=1e-5)
+    assert report.counts().get("fuse_vertical", 0) == applied, report.declined
+    return g, report
+
+
+def _ops(g):
+    return [n.op for n in g][1:]
+
+
+@pytest.mark.parametrize("act,name", [
+    (lambda: L.ReLU(), "relu"), (lambda: L.ReLU(max_value=6), "relu6"),
+    (lambda: L.Activation("sigmoid"), "sigmoid"), (lambda: L.Activation("tanh"), "tanh"),
+    (lambda: L.Activation("swish"), "silu"), (lambda: L.Activation("gelu"), "gelu")])
+def test_activation_merges_into_conv(act, name):
+    g, _ = _run((7, 7, 3), L.Conv2D(4, 3), act(), applied=1)
+    assert _ops(g) == ["Conv2D"] and g.nodes_of("Conv2D")[0].activation == name
+
+
+@pytest.mark.parametrize("op,shape", [
+    (lambda: L.Dense(5), (6,)), (lambda: L.DepthwiseConv2D(3), (7, 7, 3)),
+    (lambda: L.SeparableConv2D(4, 3), (7, 7, 3)), (lambda: L.Conv2DTranspose(4, 3), (5, 5, 3)),
+    (lambda: L.Conv1D(4, 3), (9, 3))])
+def test_relu_merges_into_every_linear_op(op, shape):
+    g, _ = _run(shape, op(), L.ReLU(), applied=1)
+    assert len(_ops(g)) == 1 and next(iter(g.nodes_of(_ops(g)[0]))).activation == "relu"
+
+
+@pytest.mark.parametrize("layers,why", [
+    (lambda: [L.Conv2D(4, 3), L.ReLU(negative_slope=0.1)], "no activation-name equivalent"),
+    (lambda: [L.Conv2D(4, 3), L.ReLU(max_value=4.0)], "no activation-name equivalent"),
+    (lambda: [L.Conv2D(4, 3), L.ReLU(threshold=0.5)], "no activation-name equivalent"),
+    (lambda: [L.Conv2D(4, 3, activation="relu"), L.ReLU(max_value=6)], "already applies"),
+    (lambda: [L.BatchNormalization(), L.ReLU()], "has no activation to take it")])
+def test_activation_near_misses_are_declined(layers, why):
+    g, report = _run((7, 7, 3), *layers(), applied=0)
+    assert any(why in d.reason for d in report.declined), report.declined
+    assert g.nodes_of("ReLU")
+
+
+def test_activation_declined_when_conv_output_is_read_elsewhere():
+    x = keras.Input((7, 7, 3))
+    y = L.Conv2D(3, 3, padding="same")(x)
+    m = randomize_weights(keras.Model(x, L.Add()([L.ReLU()(y), y])))
+    g, report = PassManager([FuseVertical()]).run(kopt.from_keras(m))
+    assert report.counts() == {} and g.nodes_of("ReLU")
+    assert any("also read elsewhere" in d.reason for d in report.declined)
+
+
+@pytest.mark.parametrize("shape,layers", [
+    ((6, 6, 3), lambda: [L.Conv2D(8, 3, strides=2), L.Conv2D(4, 1, activation="relu")]),
+    ((9, 3), lambda: [L.Conv1D(8, 1, use_bias=False), L.Conv1D(2, 1, use_bias=False)]),
+    ((8,), lambda: [L.Dense(16), L.Dense(4, use_bias=False)])])
+def test_linear_pair_collapses(shape, layers):
+    g, report = _run(shape, *layers(), applied=1)
+    assert len(_ops(g)) == 1
+    app = report.applied[0]
+    assert app.params[1] < app.params[0] and app.macs[1] <= app.macs[0]
+
+
+def test_linear_chain_collapses_to_one_dense():
+    g, _ = _run((8,), L.Dense(8), L.Dense(6), L.Dense(3, activation="tanh"), applied=2)
+    (dense,) = g.nodes_of("Dense")
+    assert dense.config["units"] == 3 and dense.activation == "tanh"
+
+
+@pytest.mark.parametrize("shape,layers,why", [
+    ((32,), lambda: [L.Dense(4), L.Dense(32)], "grow parameters"),
+    ((6, 6, 3), lambda: [L.Conv2D(8, 3), L.Conv2D(4, 1, strides=2)], "strided"),
+    ((6, 6, 3), lambda: [L.Conv2D(8, 3, activation="relu"), L.Conv2D(4, 1)], "activation"),
+    ((6, 6, 4), lambda: [L.Conv2D(8, 3, groups=2), L.Conv2D(4, 1)], "grouped")])
+def test_linear_pair_near_misses_are_declined(shape, layers, why):
+    g, report = _run(shape, *layers(), applied=0)
+    assert any(why in d.reason for d in report.declined), report.declined
+    assert len(_ops(g)) == 2
+
+
+@pytest.mark.parametrize("shape,layers", [
+    ((7, 7, 3), lambda: [L.ZeroPadding2D(1), L.Conv2D(4, 3)]),
+    ((7, 7, 3), lambda: [L.ZeroPadding2D(2), L.Conv2D(4, 3, dilation_rate=2)]),
+    ((7, 7, 3), lambda: [L.ZeroPadding2D(((0, 1), (0, 1))), L.Conv2D(4, 2)]),
+    ((7, 7, 3), lambda: [L.ZeroPadding2D(1), L.DepthwiseConv2D(3)]),
+    ((9, 3), lambda: [L.ZeroPadding1D(2), L.Conv1D(4, 5)])])
+def test_zero_padding_becomes_same_conv(shape, layers):
+    g, _ = _run(shape, *layers(), applied=1)
+    (conv,) = [n for n in g][1:]
+    assert conv.config["padding"] == "same" and conv.output_shape[1] == shape[0]
+
+
+@pytest.mark.parametrize("layers,why", [
+    (lambda: [L.ZeroPadding2D(1), L.Conv2D(4, 5)], "is not what 'same' adds"),
+    (lambda: [L.ZeroPadding2D(((1, 0), (1, 0))), L.Conv2D(4, 2)], "is not what 'same' adds"),
+    (lambda: [L.ZeroPadding2D(1), L.Conv2D(4, 3, strides=2)], "strided conv"),
+    (lambda: [L.ZeroPadding2D(1), L.Conv2D(4, 3, padding="same")], "already pads")])
+def test_padding_near_misses_are_declined(layers, why):
+    g, report = _run((8, 8, 3), *layers(), applied=0)
+    assert any(why in d.reason for d in report.declined), report.declined
+    assert g.nodes_of("ZeroPadding2D")
