@@ -28,7 +28,7 @@ class Port:
     index: int
 
 
-@dataclass
+@dataclass(eq=False)
 class Node:
     """One op: a Keras layer with its config and named numpy weights.
 
@@ -228,6 +228,13 @@ class Graph:
         for name in old:
             self.nx.remove_node(name)
         return new
+
+    def set_inputs(self, name: str, inputs: list[tuple[str, int]]) -> None:
+        """Make `name` read exactly `inputs` (src, port), on ports 0..n-1 in that order."""
+        for src, sp, dp in self.in_edges(name):
+            self._remove_edge(src, name, sp, dp)
+        for port, (src, sp) in enumerate(inputs):
+            self.connect(src, name, sp, port)
 
     def insert_after(self, name: str, new: Node, port: int = 0) -> Node:
         """Put a one-input node between `name`'s output `port` and all of its readers."""

@@ -1,0 +1,62 @@
+"""Small graph and kernel helpers shared by the rules that build new convs from old ones.
+
+Kernels are Keras 3 channels-last: conv (kh, kw, in, out), Dense (in, out). Arithmetic is done in
+float64 and cast back once, so a merged kernel is as close to the exact sum as float32 allows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kopt.ir import Graph, Node
+
+
+def pair(value: Any) -> tuple:
+    """Config values come as tuples (Keras 3) or lists (tf_keras, JSON); compare them as tuples."""
+    if isinstance(value, (list, tuple)):
+        return tuple(pair(v) for v in value)
+    return value
+
+
+def channels_last(node: Node) -> bool:
+    return node.config.get("data_format", "channels_last") in ("channels_last", None)
+
+
+def kernel_bias(node: Node) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel, bias) in float64; a layer without bias has a zero one."""
+    kernel = np.asarray(node.weights["kernel"], np.float64)
+    bias = node.weights.get("bias")
+    bias = np.zeros(kernel.shape[-1]) if bias is None else np.asarray(bias, np.float64)
+    return kernel, bias
+
+
+def centre_pad(kernel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Zero-pad a (kh, kw, in, out) kernel to `size` around its centre (odd sizes only): with
+    stride 1 and "same" padding the padded kernel computes the same correlation."""
+    (kh, kw), (H, W) = kernel.shape[:2], size
+    top, left = (H - kh) // 2, (W - kw) // 2
+    return np.pad(kernel, ((top, H - kh - top), (left, W - kw - left), (0, 0), (0, 0)))
+
+
+def derive(g: Graph, template: Node, base: str, weights: dict[str, np.ndarray],
+           output_shape: tuple, **config: Any) -> Node:
+    """A new node of `template`'s op and config, with `config` overrides, fresh weights (cast to
+    float32 in the order given: kernel before bias, as Keras creates them) and a unique name."""
+    node = template.copy()
+    node.name = g.unique_name(base)
+    node.config.update(config)
+    node.config["name"] = node.name
+    node.weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
+    node.output_shapes = [tuple(output_shape)]
+    node.output_dtypes = list(template.output_dtypes[:1]) or ["float32"]
+    node.call, node.shared_key, node.layer = None, None, None
+    return node
+
+
+def reads_only(g: Graph, node: Node, reader: Node) -> bool:
+    """`node`'s output goes to `reader` over exactly one edge and is not a model output: the
+    condition for folding `node` into whatever replaces `reader`."""
+    consumer = g.only_consumer(node.name)
+    return consumer is not None and consumer.name == reader.name
