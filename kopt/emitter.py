@@ -118,6 +118,9 @@ def _adapt_config(config: dict, cls: type, backend: str) -> dict:
     if isinstance(dtype, dict):
         config["dtype"] = dtype.get("config", {}).get("name", "float32")
     config.pop("batch_input_shape", None)
+    for key, value in config.items():  # initializer configs differ (Keras 3 adds axes args);
+        if key.endswith("_initializer") and isinstance(value, dict):  # weights are set anyway
+            config[key] = value.get("class_name", value)
     axis = config.get("axis")
     if backend == "keras" and isinstance(axis, list) and len(axis) == 1:
         config["axis"] = axis[0]  # tf_keras stores BN's axis as a list

@@ -87,6 +87,15 @@ def test_tf_keras_model_roundtrips_both_ways():
         assert_same_function(m, out, rtol=1e-5, x=xin)
 
 
+def test_keras3_model_emits_as_tf_keras():
+    m = randomize_weights(_small_cnn())
+    out = kopt.to_keras(kopt.from_keras(m), backend="tf_keras")
+    import tf_keras
+
+    assert isinstance(out, tf_keras.Model)
+    assert_same_function(m, out, rtol=1e-5)
+
+
 def test_subclassed_model_gives_clear_error():
     class Net(keras.Model):
         def __init__(self):

@@ -1,0 +1,501 @@
+"""Export to TFLite (float32, float16, full-int8 for XNNPACK) and ONNX; a LiteRT runner.
+
+Every export reads back the file it wrote and compares it with the Keras model, because a
+converter that silently drops a layer or mis-quantises one is the common failure here.
+
+Conversion route: Keras 3 -> SavedModel with a fixed batch-1 signature (ExportArchive) ->
+TFLiteConverter.from_saved_model. A fixed batch lets the converter plan static shapes, which
+XNNPACK needs; from_concrete_functions would leave variables unfrozen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from kopt.errors import DataError, KoptError, VerificationError
+from kopt.rewrite import max_relative_error
+
+log = logging.getLogger("kopt")
+
+CALIBRATION_SAMPLES = 200
+VERIFY_SAMPLES = 200
+QUANTIZE_MODES = ("int8", "float16", None)
+
+# Builtin ops the XNNPACK delegate takes, by tensor type (an estimate from the delegate's
+# source; ops outside these sets run on LiteRT's reference/optimized kernels instead).
+_XNN_COMMON = {"ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEPTH_TO_SPACE",
+               "FULLY_CONNECTED", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "RESHAPE",
+               "RESIZE_BILINEAR", "SLICE", "SPACE_TO_DEPTH", "SPLIT", "STRIDED_SLICE", "SUB",
+               "TRANSPOSE", "TRANSPOSE_CONV", "QUANTIZE", "DEQUANTIZE", "LEAKY_RELU", "ELU",
+               "HARD_SWISH", "LOGISTIC", "TANH", "MAXIMUM", "MINIMUM", "BATCH_MATMUL",
+               "AVERAGE_POOL_2D", "SQUARED_DIFFERENCE"}
+XNNPACK_OPS = {
+    "float32": _XNN_COMMON | {"ABS", "CEIL", "DIV", "FLOOR", "GELU", "NEG", "PRELU", "RELU",
+                              "RELU6", "RELU_N1_TO_1", "ROUND", "RSQRT", "SOFTMAX", "SQRT",
+                              "SQUARE", "EXP", "LOG", "SUM"},
+    "int8": _XNN_COMMON,
+}
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote and how well the file agrees with the Keras model."""
+
+    path: str
+    bytes: int
+    format: str
+    quantize: str | None = None
+    ops: dict[str, int] = field(default_factory=dict)
+    xnnpack_ops: int = 0
+    fallback_ops: dict[str, int] = field(default_factory=dict)
+    verification: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_ops(self) -> int:
+        return sum(self.ops.values())
+
+    def summary(self) -> str:
+        lines = [f"{self.path}: {self.format} ({self.quantize or 'float32'}), "
+                 f"{self.bytes:,} bytes"]
+        if self.ops and self.format == "tflite":
+            width = max(len(k) for k in self.ops)
+            lines += [f"  {op:<{width}}  {n:>4}" for op, n in sorted(self.ops.items())]
+            lines.append(f"  XNNPACK takes {self.xnnpack_ops}/{self.total_ops} ops"
+                         + (f"; falls back: {self.fallback_ops}" if self.fallback_ops else ""))
+        lines += [f"  {k}: {v:.6g}" for k, v in self.verification.items()]
+        return "\n".join(lines)
+
+
+# ---- data ------------------------------------------------------------------------------
+def _input_shapes(model: Any) -> list[tuple]:
+    shapes = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
+    return [tuple(s) for s in shapes]
+
+
+def _input_dtypes(model: Any) -> list[str]:
+    return [str(getattr(t.dtype, "name", t.dtype)) for t in model.inputs]
+
+
+def representative_samples(model: Any, data: Any, limit: int = CALIBRATION_SAMPLES
+                           ) -> list[list[np.ndarray]]:
+    """Batch-1 samples (one array per model input) from a numpy array, a tf.data.Dataset, a
+    generator or a callable returning one; (x, y) pairs are accepted and y is ignored."""
+    shapes = _input_shapes(model)
+    expected = " and ".join(str((None,) + s[1:]) for s in shapes)
+    if data is None:
+        raise DataError(f"representative data is needed to calibrate int8 activations: pass "
+                        f"representative_data with shape {expected} (a few hundred samples)")
+    if callable(data) and not hasattr(data, "element_spec"):
+        data = data()
+    samples: list[list[np.ndarray]] = []
+    for batch in _batches(data, len(shapes)):
+        arrays = [np.asarray(a) for a in batch]
+        for i, (a, s) in enumerate(zip(arrays, shapes)):
+            if a.ndim == len(s) - 1:  # an unbatched sample
+                arrays[i] = a = a[None]
+            wrong = any(d is not None and d != e for d, e in zip(s[1:], a.shape[1:]))
+            if a.ndim != len(s) or wrong:
+                raise DataError(f"representative data has shape {a.shape}; the model's input "
+                                f"{i} needs {(None,) + s[1:]}")
+        step = shapes[0][0] or 1  # a model with a fixed batch calibrates at that batch
+        for j in range(0, len(arrays[0]) - step + 1, step):
+            samples.append([a[j:j + step].astype(np.float32) for a in arrays])
+            if len(samples) >= limit:
+                return samples
+    if not samples:
+        raise DataError(f"representative data is empty: pass samples with shape {expected}")
+    return samples
+
+
+def _batches(data: Any, n_inputs: int) -> Iterable[list]:
+    if isinstance(data, np.ndarray) or (n_inputs > 1 and isinstance(data, list)
+                                        and all(isinstance(a, np.ndarray) for a in data)):
+        yield [data] if n_inputs == 1 else list(data)
+        return
+    for item in data:
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, (tuple, list)) and n_inputs == 1:
+            item = item[0]  # (x, y) or (x,)
+        elif isinstance(item, tuple) and n_inputs > 1 and len(item) == 2 \
+                and isinstance(item[0], (tuple, list)):
+            item = item[0]
+        yield [np.asarray(a) for a in (item if n_inputs > 1 else [item])]
+
+
+def load_digits_like(model_or_shape: Any, split: str = "all", seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's bundled 8x8 digits, resized to the model's input (H, W, C), scaled to [0, 1].
+    `split` is "train" (first 80 %, shuffled with `seed`), "test" (the rest) or "all"."""
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    shape = model_or_shape if isinstance(model_or_shape, tuple) else \
+        _input_shapes(model_or_shape)[0]
+    h, w, c = shape[1:4] if len(shape) == 4 else (8, 8, 1)
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[..., None]
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(0.8 * len(x))
+    order = {"train": order[:cut], "test": order[cut:]}.get(split, order)
+    x = tf.image.resize(x[order], (h, w)).numpy()
+    x = np.repeat(x, c, axis=-1) if c != 1 else x
+    if len(shape) != 4:
+        x = x.reshape((len(x),) + tuple(d for d in shape[1:]))
+    return x.astype(np.float32), digits.target[order].astype(np.int64)
+
+
+# ---- conversion --------------------------------------------------------------------------
+def _is_tf_keras(model: Any) -> bool:
+    return type(model).__module__.startswith("tf_keras")
+
+
+def _saved_model(model: Any, directory: str) -> None:
+    """A SavedModel whose one signature has a fixed batch (the model's, else 1)."""
+    import tensorflow as tf
+
+    specs = [tf.TensorSpec((s[0] or 1,) + s[1:], dt, name=f"input_{i}")
+             for i, (s, dt) in enumerate(zip(_input_shapes(model), _input_dtypes(model)))]
+
+    def serve(*xs: Any) -> Any:
+        return model(xs[0] if len(xs) == 1 else list(xs), training=False)
+
+    if _is_tf_keras(model):
+        fn = tf.function(serve, input_signature=specs)
+        tf.saved_model.save(model, directory, signatures=fn.get_concrete_function())
+        return
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=specs)
+    archive.write_out(directory, verbose=False)
+
+
+def _converter(model: Any, quantize: str | None, samples: list | None, int8_io: bool) -> Any:
+    import tensorflow as tf
+
+    if quantize not in QUANTIZE_MODES:
+        raise KoptError(f"quantize={quantize!r}: use one of {QUANTIZE_MODES}")
+    with tempfile.TemporaryDirectory() as tmp:
+        _saved_model(model, tmp)
+        conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        _configure(conv, quantize, samples, int8_io)
+        return conv.convert()
+
+
+def _configure(conv: Any, quantize: str | None, samples: list | None, int8_io: bool) -> None:
+    import tensorflow as tf
+
+    if quantize == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: iter(samples)
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            conv.inference_input_type = tf.int8
+            conv.inference_output_type = tf.int8
+
+
+def convert_tflite(model: Any, quantize: str | None = "int8", representative_data: Any = None,
+                   int8_io: bool = True) -> bytes:
+    """The .tflite flatbuffer of a Keras 3 or tf_keras model, without writing or checking it."""
+    samples = representative_samples(model, representative_data) if quantize == "int8" else None
+    return _converter(model, quantize, samples, int8_io)
+
+
+def export_tflite(model: Any, path: str | os.PathLike, representative_data: Any = None,
+                  quantize: str | None = "int8", int8_io: bool = True, verify: bool = True,
+                  qat: dict | None = None) -> ExportResult:
+    """Write a .tflite file; int8 is full-integer PTQ (per-channel weights, int8 activations,
+    int8 I/O unless int8_io=False). qat=dict(data=(x, y), epochs=1) fine-tunes a
+    quantisation-aware copy first. The written file is read back and compared with Keras."""
+    path = os.fspath(path)
+    if qat is not None:
+        samples = representative_samples(model, representative_data)
+        flat = _qat_flatbuffer(model, samples, int8_io=int8_io, **qat)
+    else:
+        samples = representative_samples(model, representative_data) \
+            if quantize == "int8" else None
+        flat = _converter(model, quantize, samples, int8_io)
+    with open(path, "wb") as f:
+        f.write(flat)
+    result = ExportResult(path=path, bytes=len(flat), format="tflite",
+                          quantize="int8" if qat is not None else quantize)
+    runner = LiteRTRunner(flat)
+    result.ops, result.fallback_ops, result.xnnpack_ops = op_table(flat)
+    if result.fallback_ops:
+        log.warning("%s: ops XNNPACK does not take (reference kernels run them): %s",
+                    path, result.fallback_ops)
+    if verify:
+        if samples is None:
+            samples = _probe_samples(model)
+        result.verification = verify_tflite(model, runner, samples, result.quantize)
+    return result
+
+
+def _qat_flatbuffer(model: Any, samples: list, data: tuple, epochs: int = 1,
+                    batch_size: int = 32, learning_rate: float = 1e-4, int8_io: bool = True
+                    ) -> bytes:
+    """Quantisation-aware fine-tuning through tfmot, which only wraps tf_keras models: emit a
+    tf_keras copy from the IR (the caller's model is not touched), wrap, fit, convert."""
+    import tensorflow as tf
+    import tf_keras
+
+    saved = os.environ.get("TF_USE_LEGACY_KERAS")
+    import tensorflow_model_optimization as tfmot  # sets TF_USE_LEGACY_KERAS=1 process-wide
+
+    if saved is None:  # put it back so tf.keras in the caller's process stays Keras 3
+        os.environ.pop("TF_USE_LEGACY_KERAS", None)
+    else:
+        os.environ["TF_USE_LEGACY_KERAS"] = saved
+
+    from kopt.emitter import to_keras
+    from kopt.frontend import from_keras
+
+    x, y = data
+    g = from_keras(model)
+    for node in g:  # Keras 3 initializer configs carry keys tf_keras rejects; names suffice
+        for key, value in node.config.items():
+            if key.endswith("_initializer") and isinstance(value, dict):
+                node.config[key] = value.get("class_name", value)
+    tk = to_keras(g, backend="tf_keras")
+    q = tfmot.quantization.keras.quantize_model(tk)
+    y = np.asarray(y)
+    if y.ndim == 1 and y.dtype.kind in "iu":
+        probs = np.asarray(tk(np.asarray(x[:8]), training=False))
+        logits = not (probs.min() >= 0 and np.allclose(probs.sum(-1), 1, atol=1e-3))
+        loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
+    else:
+        loss = "mse"
+    q.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss=loss)
+    q.fit(np.asarray(x), y, epochs=epochs, batch_size=batch_size, verbose=0)
+    conv = tf.lite.TFLiteConverter.from_keras_model(q)
+    _configure(conv, "int8", samples, int8_io)
+    return conv.convert()
+
+
+def _probe_samples(model: Any, n: int = 4) -> list[list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [[rng.normal(0, 1, (1,) + s[1:]).astype(np.float32) for s in _input_shapes(model)]
+            for _ in range(n)]
+
+
+def verify_tflite(model: Any, runner: "LiteRTRunner", samples: list, quantize: str | None
+                  ) -> dict[str, float]:
+    """Float: max relative error (must be <= 1e-4, float16 <= 1e-2); int8: top-1 agreement and
+    mean absolute error over the samples."""
+    samples = samples[:VERIFY_SAMPLES]
+    expected = [_keras_outputs(model, s) for s in samples]
+    got = [runner.run_all(s) for s in samples]
+    if quantize == "int8":
+        exp0 = np.concatenate([e[0] for e in expected])
+        got0 = np.concatenate([g[0] for g in got])
+        figures = {"mean_abs_error": float(np.mean(np.abs(exp0 - got0))),
+                   "max_abs_output": float(np.max(np.abs(exp0)))}
+        if exp0.ndim == 2 and exp0.shape[1] > 1:
+            figures["top1_agreement"] = float(np.mean(exp0.argmax(1) == got0.argmax(1)))
+        return figures
+    err = max(max_relative_error(e, g) for e, g in zip(expected, got))
+    tol = 1e-2 if quantize == "float16" else 1e-4
+    if err > tol:
+        raise VerificationError(f"{runner.source}: TFLite outputs differ from Keras by "
+                                f"{err:.3e} (relative) > {tol:.0e}")
+    return {"max_relative_error": err}
+
+
+def _keras_outputs(model: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
+    out = model(xs[0] if len(xs) == 1 else xs, training=False)
+    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+
+
+def op_table(flatbuffer: bytes) -> tuple[dict[str, int], dict[str, int], int]:
+    """(ops by name, ops XNNPACK would not take by 'NAME(dtype)', count XNNPACK takes), read
+    from an interpreter without delegates so the listing is the file's own ops."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_content=flatbuffer, experimental_op_resolver_type=
+                              OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops: Counter = Counter()
+    fallback: Counter = Counter()
+    for op in interpreter._get_ops_details():  # noqa: SLF001 - the only op listing in Python
+        name = op["op_name"]
+        ops[name] += 1
+        dtype = _op_dtype(op, tensors)
+        if name not in XNNPACK_OPS.get(dtype, set()):
+            fallback[f"{name}({dtype})"] += 1
+    return dict(ops), dict(fallback), sum(ops.values()) - sum(fallback.values())
+
+
+def _op_dtype(op: dict, tensors: dict) -> str:
+    """The type an op computes in: that of its first non-constant activation input."""
+    for i in list(op["inputs"]) + list(op["outputs"]):
+        t = tensors.get(int(i))
+        if t is not None:
+            return np.dtype(t["dtype"]).name
+    return "float32"
+
+
+# ---- running -----------------------------------------------------------------------------
+class LiteRTRunner:
+    """Runs a .tflite model in LiteRT (XNNPACK on by default); callers pass and get float data,
+    int8 (de)quantisation with each tensor's scale and zero point is done here."""
+
+    def __init__(self, path_or_bytes: str | os.PathLike | bytes, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if isinstance(path_or_bytes, (bytes, bytearray)):
+            self.source = "<bytes>"
+            self.interpreter = Interpreter(model_content=bytes(path_or_bytes), num_threads=threads)
+        else:
+            self.source = os.fspath(path_or_bytes)
+            self.interpreter = Interpreter(model_path=self.source, num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.inputs = self.interpreter.get_input_details()
+        self.outputs = self.interpreter.get_output_details()
+
+    def run_all(self, x: Any) -> list[np.ndarray]:
+        """All outputs for input(s) x, any batch size (run one sample at a time)."""
+        xs = [np.asarray(a) for a in (x if isinstance(x, (list, tuple)) else [x])]
+        fixed = self.inputs[0]["shape"][0]
+        if len(xs[0]) == fixed:
+            return self._invoke(xs)
+        per = [self._invoke([a[i:i + fixed] for a in xs]) for i in range(0, len(xs[0]), fixed)]
+        return [np.concatenate(outs) for outs in zip(*per)]
+
+    def run(self, x: Any) -> np.ndarray | list[np.ndarray]:
+        outs = self.run_all(x)
+        return outs[0] if len(outs) == 1 else outs
+
+    __call__ = run
+
+    def _invoke(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        if len(xs) != len(self.inputs):
+            raise DataError(f"{self.source} takes {len(self.inputs)} inputs, got {len(xs)}")
+        for detail, x in zip(self.inputs, xs):
+            self.interpreter.set_tensor(detail["index"], _quantize(x, detail))
+        self.interpreter.invoke()
+        return [_dequantize(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
+
+    def latency(self, n: int = 500, warmup: int = 50) -> float:
+        """Median milliseconds of one invoke at the model's (batch-1) input shape."""
+        import time
+
+        rng = np.random.default_rng(0)
+        for d in self.inputs:
+            x = rng.normal(0, 1, d["shape"]).astype(np.float32)
+            self.interpreter.set_tensor(d["index"], _quantize(x, d))
+        invoke = self.interpreter.invoke
+        for _ in range(warmup):
+            invoke()
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            invoke()
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times) * 1e3)
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return np.asarray(x, dtype)
+    scale, zero = detail["quantization"]
+    if scale == 0:
+        return np.asarray(x).astype(dtype)
+    info = np.iinfo(dtype)
+    q = np.round(np.asarray(x, np.float32) / scale + zero)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail["quantization"]
+    if np.dtype(detail["dtype"]).kind == "f" or scale == 0:
+        return np.array(y, np.float32)
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+# ---- ONNX --------------------------------------------------------------------------------
+def export_onnx(model: Any, path: str | os.PathLike, verify: bool = True,
+                opset: int = 13) -> ExportResult:
+    """Write an ONNX file through tf2onnx.convert.from_function (from_keras does not handle
+    Keras 3) and check it with onnxruntime against Keras at 1e-4 relative."""
+    import tensorflow as tf
+    import tf2onnx
+
+    path = os.fspath(path)
+    specs = [tf.TensorSpec((None,) + s[1:], dt, name=f"input_{i}")
+             for i, (s, dt) in enumerate(zip(_input_shapes(model), _input_dtypes(model)))]
+
+    def serve(*xs: Any) -> Any:
+        return model(xs[0] if len(xs) == 1 else list(xs), training=False)
+
+    fn = tf.function(serve, input_signature=specs)
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=specs, opset=opset,
+                                             output_path=path)
+    ops = Counter(n.op_type for n in proto.graph.node)
+    result = ExportResult(path=path, bytes=os.path.getsize(path), format="onnx", ops=dict(ops))
+    if verify:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        xs = [np.concatenate(s) for s in zip(*_probe_samples(model, 2))]
+        names = [i.name for i in sess.get_inputs()]
+        got = sess.run(None, dict(zip(names, xs)))
+        err = max_relative_error(_keras_outputs(model, xs), got)
+        if err > 1e-4:
+            raise VerificationError(f"{path}: ONNX outputs differ from Keras by {err:.3e} "
+                                    "(relative) > 1e-4")
+        result.verification = {"max_relative_error": err}
+    return result
+
+
+# ---- CLI ---------------------------------------------------------------------------------
+def cli_export(argv: list[str]) -> int:
+    """`kopt export MODEL -o OUT [--format tflite|onnx] [--quantize int8|float16|none]`."""
+    p = argparse.ArgumentParser(prog="kopt export", description=cli_export.__doc__)
+    p.add_argument("model", help=".keras or .h5 file")
+    p.add_argument("-o", "--output", required=True, help=".tflite or .onnx file")
+    p.add_argument("--format", choices=("tflite", "onnx"), default=None,
+                   help="default: from the output's extension")
+    p.add_argument("--quantize", choices=("int8", "float16", "none"), default="int8")
+    p.add_argument("--float-io", action="store_true", help="int8 model with float input/output")
+    p.add_argument("--data", help=".npy/.npz representative data (npz: key 'x')")
+    p.add_argument("--digits", action="store_true", help="use sklearn digits as data")
+    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--unsafe", action="store_true", help="load with safe_mode=False")
+    args = p.parse_args(argv)
+    from kopt.frontend import load_model
+
+    model = load_model(args.model, safe_mode=not args.unsafe)
+    fmt = args.format or ("onnx" if args.output.endswith(".onnx") else "tflite")
+    if fmt == "onnx":
+        print(export_onnx(model, args.output, verify=not args.no_verify).summary())
+        return 0
+    data = load_digits_like(model)[0] if args.digits else load_array(args.data)
+    quantize = None if args.quantize == "none" else args.quantize
+    result = export_tflite(model, args.output, representative_data=data, quantize=quantize,
+                           int8_io=not args.float_io, verify=not args.no_verify)
+    print(result.summary())
+    return 0
+
+
+def load_array(path: str | None) -> np.ndarray | None:
+    """x from a .npy file or a .npz file (key 'x', else its first array); None for None."""
+    if path is None:
+        return None
+    data = np.load(path)
+    if isinstance(data, np.lib.npyio.NpzFile):
+        return data["x"] if "x" in data.files else data[data.files[0]]
+    return data

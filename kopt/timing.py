@@ -1,0 +1,455 @@
+"""Per-layer timing in Keras (TensorFlow) or LiteRT/XNNPACK (float or int8).
+
+Python LiteRT has no per-op profiler, so each IR node is timed as its own one-layer model with
+the real input shape(s), and the whole model is timed too: the gap between the sum of the parts
+and the whole shows what fusion (conv+BN+ReLU become one XNNPACK op) and cache effects are
+worth. Each runtime's fixed cost per call (measured on a trivial model) is subtracted from every
+part. Identical layers (same op, config and input shapes) are built and converted once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from kopt.ir import Graph, Node
+from kopt.ops import category, kind
+from kopt.progress import bar
+
+log = logging.getLogger("kopt")
+
+RUNTIMES = ("keras", "litert", "litert-int8")
+_BUDGET_S = 0.1  # time spent measuring one part when runs is not given
+
+
+# ---- measuring ---------------------------------------------------------------------------
+def median_ms(fn: Callable[[], Any], runs: int | None = None, warmup: int = 5) -> float:
+    """Median wall time of fn() in ms after warm-up; runs=None fits ~0.1 s of runs (10..300)."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    if runs is None:
+        each = (time.perf_counter() - t0) / max(warmup, 1)
+        runs = int(min(300, max(10, _BUDGET_S / max(each, 1e-6))))
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e3)
+
+
+def _inputs_of(shapes: list[tuple], rng: np.random.Generator) -> list[np.ndarray]:
+    return [rng.normal(0, 1, s).astype(np.float32) for s in shapes]
+
+
+class _Timer:
+    """Builds a callable that runs a Keras model once in one runtime."""
+
+    def __init__(self, runtime: str, threads: int):
+        if runtime not in RUNTIMES:
+            from kopt.errors import KoptError
+
+            raise KoptError(f"runtime '{runtime}': use one of {RUNTIMES}")
+        self.runtime, self.threads = runtime, threads
+
+    def callable(self, model: Any, shapes: list[tuple], data: Any = None) -> Callable[[], Any]:
+        rng = np.random.default_rng(0)
+        xs = _inputs_of(shapes, rng)
+        if self.runtime == "keras":
+            import tensorflow as tf
+
+            arg = [tf.constant(x) for x in xs]
+            fn = tf.function(lambda *a: model(a[0] if len(a) == 1 else list(a), training=False))
+            return lambda: fn(*arg)
+        from kopt.export import LiteRTRunner, _quantize, convert_tflite
+
+        quantize = "int8" if self.runtime == "litert-int8" else None
+        if quantize and data is None:
+            data = xs if len(xs) > 1 else np.concatenate([_inputs_of(shapes, rng)[0]
+                                                          for _ in range(4)])
+        flat = convert_tflite(model, quantize=quantize, representative_data=data)
+        runner = LiteRTRunner(flat, threads=self.threads)
+        for d, x in zip(runner.inputs, xs):
+            runner.interpreter.set_tensor(d["index"], _quantize(x, d))
+        return runner.interpreter.invoke
+
+
+# ---- the per-node models -------------------------------------------------------------------
+# Followers a runtime fuses into the op before them (TFLite folds BN into conv and fuses ReLU
+# into conv/add; TF's remapper does the same on CPU). Timed alone they would pay a full pass
+# over memory that the whole model never pays, so they are timed inside their group too.
+_FUSABLE = {"BatchNormalization": ("conv", "fc"), "ReLU": ("conv", "fc", "merge", "bn"),
+            "Activation": ("conv", "fc", "merge", "bn")}
+_FUSABLE_ACTIVATIONS = {"relu", "relu6", "linear"}
+
+
+def fused_group(g: Graph, head: Node) -> list[Node]:
+    """`head` and the BN / ReLU chain after it that a runtime fuses into it."""
+    chain = [head]
+    if kind(head.op) not in ("conv", "fc", "merge"):
+        return chain
+    while len(chain) < 3:
+        nxt = g.only_consumer(chain[-1].name)
+        if nxt is None or kind(chain[-1].op) not in _FUSABLE.get(nxt.op, ()) \
+                or (nxt.op == "Activation" and nxt.activation not in _FUSABLE_ACTIVATIONS) \
+                or len(g.in_edges(nxt.name)) != 1:
+            break
+        chain.append(nxt)
+    return chain
+
+
+def _sub_model(g: Graph, nodes: list[Node], batch: int) -> tuple[Any, list[tuple]]:
+    """A Keras model computing `nodes` (a chain or one node) on inputs of their real shapes."""
+    from kopt.emitter import to_keras
+
+    sub = Graph(f"t_{nodes[0].name}")
+    inside = {n.name for n in nodes}
+    shapes: list[tuple] = []
+    for node in nodes:
+        copy = node.copy()
+        copy.shared_key = None
+        sub.add(copy)
+    for node in nodes:
+        for src, sp, dp in g.in_edges(node.name):
+            if src in inside:
+                sub.connect(src, node.name, sp, dp)
+                continue
+            name = f"in_{len(shapes)}"
+            shape = (batch,) + tuple(g[src].output_shapes[sp][1:])
+            dtypes = g[src].output_dtypes
+            sub.add(Node(name=name, op="InputLayer", config={}, output_shapes=[shape],
+                         output_dtypes=[dtypes[sp] if len(dtypes) > sp else "float32"]))
+            sub.inputs.append(name)
+            sub.connect(name, node.name, 0, dp)
+            shapes.append(shape)
+    last = nodes[-1]
+    sub.outputs = [(last.name, p) for p in range(max(1, len(last.output_shapes)))]
+    return to_keras(sub), shapes
+
+
+def _node_key(g: Graph, nodes: list[Node]) -> str:
+    parts = []
+    for node in nodes:
+        config = {k: v for k, v in node.config.items() if k != "name"}
+        parts.append((node.op, sorted(config.items(), key=lambda kv: kv[0]),
+                      g.input_shapes(node.name), node.call))
+    return repr(parts)
+
+
+# ---- the report --------------------------------------------------------------------------
+@dataclass
+class TimingReport:
+    """Per-layer and whole-model times (ms, medians) in one runtime."""
+
+    runtime: str
+    total_ms: float
+    layers: list[dict] = field(default_factory=list)
+    batch_size: int = 1
+    threads: int = 1
+    overhead_ms: float = 0.0
+    model: str = "model"
+
+    @property
+    def sum_ms(self) -> float:
+        return float(sum(r["ms"] for r in self.layers))
+
+    @property
+    def gap(self) -> float:
+        """(sum of parts - whole) / whole: > 0 when the parts cost more than the whole."""
+        return (self.sum_ms - self.total_ms) / self.total_ms if self.total_ms else float("nan")
+
+    def totals(self, by: str = "category") -> dict[str, float]:
+        out: dict[str, float] = {}
+        for r in self.layers:
+            out[r[by]] = out.get(r[by], 0.0) + r["ms"]
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def table(self, top: int | None = None) -> str:
+        rows = sorted(self.layers, key=lambda r: -r["ms"])[:top] if top else self.layers
+        width = max([len(r["name"]) for r in rows] + [4])
+        opw = max([len(r["op"]) for r in rows] + [2])
+        lines = [f"{self.model} in {self.runtime} (batch {self.batch_size}, {self.threads} "
+                 f"thread(s)); times are medians in ms",
+                 f"{'name':<{width}}  {'op':<{opw}}  {'category':<10} {'kind':<10} "
+                 f"{'ms':>10} {'share':>6}"]
+        lines += [f"{r['name']:<{width}}  {r['op']:<{opw}}  {r['category']:<10} {r['kind']:<10} "
+                  f"{r['ms']:>10.4f} {r['share']:>6.1%}" for r in rows]
+        lines.append("by category: " + ", ".join(f"{k} {v:.4g} ms" for k, v in
+                                                 self.totals("category").items()))
+        lines.append("by kind: " + ", ".join(f"{k} {v:.4g}" for k, v in
+                                             self.totals("kind").items()))
+        lines.append(f"sum of parts {self.sum_ms:.4g} ms, whole model {self.total_ms:.4g} ms "
+                     f"(gap {self.gap:+.1%}; per-call overhead {self.overhead_ms:.4g} ms "
+                     f"subtracted from each part)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "runtime": self.runtime, "batch_size": self.batch_size,
+                "threads": self.threads, "total_ms": self.total_ms, "sum_ms": self.sum_ms,
+                "gap": self.gap, "overhead_ms": self.overhead_ms,
+                "by_category": self.totals("category"), "by_kind": self.totals("kind"),
+                "layers": self.layers}
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["name", "op", "category", "kind", "ms", "share"])
+            w.writeheader()
+            w.writerows({k: r[k] for k in w.fieldnames} for r in self.layers)
+
+    def plot(self, path: str | os.PathLike, top: int = 15) -> None:
+        """PNG: stacked bars by category and kind next to the whole model; the top-N layers."""
+        plt = _pyplot()
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.5))
+        _stacked(ax1, [self], [""])
+        ax1.set_title(f"{self.model}: {self.runtime}, batch {self.batch_size}")
+        rows = sorted(self.layers, key=lambda r: -r["ms"])[:top][::-1]
+        colors = _kind_colors()
+        ax2.barh([r["name"] for r in rows], [r["ms"] for r in rows],
+                 color=[colors.get(r["kind"], "grey") for r in rows])
+        ax2.set_xlabel("time (ms, median)")
+        ax2.set_title(f"{len(rows)} slowest layers")
+        ax2.tick_params(axis="y", labelsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _kind_colors() -> dict[str, Any]:
+    from kopt.ops import KINDS
+
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {k: cmap(i % 10) for i, k in enumerate(list(KINDS) + ["other"])}
+
+
+def _stacked(ax: Any, reports: list[TimingReport], labels: list[str]) -> None:
+    """For each report three bars: by category, by kind (stacked), and the whole model."""
+    colors = _kind_colors()
+    cat_colors = {"tensor": "dimgray", "non-tensor": "lightgray"}
+    ticks, names, seen = [], [], set()
+    for i, (rep, label) in enumerate(zip(reports, labels)):
+        base = i * 4
+        for x, by, palette in ((base, "category", cat_colors), (base + 1, "kind", colors)):
+            bottom = 0.0
+            for key, ms in rep.totals(by).items():
+                tag = f"{by}: {key}"
+                ax.bar(x, ms, bottom=bottom, color=palette.get(key, "grey"),
+                       label=None if tag in seen else tag)
+                seen.add(tag)
+                bottom += ms
+        ax.bar(base + 2, rep.total_ms, color="black", label=None if "w" in seen else
+               "whole model (measured)")
+        seen.add("w")
+        ticks += [base, base + 1, base + 2]
+        names += [f"{label}\ncategory", f"{label}\nkind", f"{label}\nwhole"]
+    ax.set_xticks(ticks, names, fontsize=8)
+    ax.set_ylabel("time (ms, median)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def timing_report(model: Any, runtime: str = "keras", batch_size: int = 1, threads: int = 1,
+                  runs: int | None = None, representative_data: Any = None,
+                  progress: bool = False) -> TimingReport:
+    """Time every node of `model` (and the whole model) in `runtime`: "keras", "litert"
+    (float32, XNNPACK) or "litert-int8" (full-int8 PTQ, XNNPACK). runs=None fits the number of
+    runs to ~0.1 s per part. `threads` sets LiteRT's thread count; Keras runs on TensorFlow's
+    own thread pools. representative_data only calibrates the whole int8 model (random data
+    otherwise: timings do not depend on the quantisation ranges)."""
+    from kopt.frontend import from_keras
+
+    g = from_keras(model)
+    timer = _Timer(runtime, threads)
+    shapes = [(batch_size,) + tuple(g[n].output_shape[1:]) for n in g.inputs]
+    whole = timer.callable(_fixed_batch(model, g, batch_size), shapes, representative_data)
+    total = median_ms(whole, runs)
+    overhead = _overhead_ms(timer, runs)
+    measure = _Measurer(g, timer, batch_size, runs, overhead)
+    nodes = [n for n in g.topological() if n.op != "InputLayer"]
+    times = {n.name: measure([n]) for n in bar(nodes, progress, desc=f"timing ({runtime})")}
+    for node in nodes:  # fused followers get the group's time beyond what the head costs alone
+        group = fused_group(g, node)
+        if len(group) > 1:
+            _attribute(times, group, measure(group))
+    layers = [{"name": n.name, "op": n.op, "category": category(n.op), "kind": kind(n.op),
+               "ms": times[n.name]} for n in nodes]
+    parts = sum(r["ms"] for r in layers) or 1.0
+    for r in layers:
+        r["share"] = r["ms"] / parts
+    return TimingReport(runtime=runtime, total_ms=total, layers=layers, batch_size=batch_size,
+                        threads=threads, overhead_ms=overhead, model=g.name)
+
+
+class _Measurer:
+    """Times node lists as sub-models; identical ones (op, config, shapes) are built once."""
+
+    def __init__(self, g: Graph, timer: _Timer, batch: int, runs: int | None, overhead: float):
+        self.g, self.timer, self.batch, self.runs, self.overhead = g, timer, batch, runs, overhead
+        self.cache: dict[str, Callable[[], Any] | None] = {}
+
+    def __call__(self, nodes: list[Node]) -> float:
+        key = _node_key(self.g, nodes)
+        if key not in self.cache:
+            try:
+                model, shapes = _sub_model(self.g, nodes, self.batch)
+                self.cache[key] = self.timer.callable(model, shapes)
+            except Exception as err:  # noqa: BLE001 - one untimeable layer must not sink all
+                log.warning("'%s' (%s) could not be timed in %s: %s", nodes[0].name,
+                            nodes[0].op, self.timer.runtime, err)
+                self.cache[key] = None
+        fn = self.cache[key]
+        return 0.0 if fn is None else max(0.0, median_ms(fn, self.runs) - self.overhead)
+
+
+def _attribute(times: dict[str, float], group: list[Node], group_ms: float) -> None:
+    """Head keeps its own time (at most the group's); followers share the rest in proportion
+    to their stand-alone times."""
+    head, rest = group[0].name, [n.name for n in group[1:]]
+    times[head] = min(times[head], group_ms)
+    extra = max(0.0, group_ms - times[head])
+    alone = sum(times[n] for n in rest)
+    for n in rest:
+        times[n] = extra * (times[n] / alone if alone > 0 else 1 / len(rest))
+
+
+def _fixed_batch(model: Any, g: Graph, batch: int) -> Any:
+    """The model itself for Keras; LiteRT conversion fixes batch 1, so re-emit at `batch`."""
+    if batch == 1:
+        return model
+    from kopt.emitter import to_keras
+
+    g = g.copy()
+    for n in g.inputs:
+        g[n].output_shapes = [(batch,) + tuple(g[n].output_shape[1:])]
+    return to_keras(g, backend=g[g.inputs[0]].source)
+
+
+def _overhead_ms(timer: _Timer, runs: int | None) -> float:
+    """Cost of one call of a trivial model: what every per-node measurement pays extra."""
+    import keras
+
+    x = keras.Input(batch_shape=(1, 4))
+    trivial = keras.Model(x, keras.layers.ReLU()(x))
+    return median_ms(timer.callable(trivial, [(1, 4)]), runs)
+
+
+# ---- comparing -----------------------------------------------------------------------------
+@dataclass
+class Comparison:
+    """Two reports of the same runtime side by side, layers aligned by node name."""
+
+    before: TimingReport
+    after: TimingReport
+
+    @property
+    def rows(self) -> list[dict]:
+        a = {r["name"]: r for r in self.before.layers}
+        b = {r["name"]: r for r in self.after.layers}
+        names = list(a) + [n for n in b if n not in a]
+        return [{"name": n, "op": (a.get(n) or b[n])["op"],
+                 "before_ms": a[n]["ms"] if n in a else None,
+                 "after_ms": b[n]["ms"] if n in b else None} for n in names]
+
+    def totals(self, by: str = "category") -> dict[str, tuple[float, float]]:
+        x, y = self.before.totals(by), self.after.totals(by)
+        return {k: (x.get(k, 0.0), y.get(k, 0.0)) for k in dict.fromkeys(list(x) + list(y))}
+
+    def table(self) -> str:
+        lines = [f"{'':<14} {'before':>10} {'after':>10} {'ratio':>7}"]
+        for by in ("category", "kind"):
+            for k, (x, y) in self.totals(by).items():
+                lines.append(f"{k:<14} {x:>10.3f} {y:>10.3f} {_ratio(x, y):>7}")
+            lines.append("")
+        for label, x, y in (("sum of parts", self.before.sum_ms, self.after.sum_ms),
+                            ("whole model", self.before.total_ms, self.after.total_ms)):
+            lines.append(f"{label:<14} {x:>10.3f} {y:>10.3f} {_ratio(x, y):>7}")
+        return f"times in ms ({self.before.runtime} vs {self.after.runtime})\n" + \
+            "\n".join(lines)
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        data = {"before": self.before.to_dict(), "after": self.after.to_dict(),
+                "by_category": self.totals("category"), "by_kind": self.totals("kind"),
+                "layers": self.rows}
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1)
+
+    def plot(self, path: str | os.PathLike) -> None:
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        _stacked(ax, [self.before, self.after], ["before", "after"])
+        ax.set_title(f"{self.before.model} -> {self.after.model} ({self.after.runtime})")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def _ratio(x: float, y: float) -> str:
+    return f"{x / y:.2f}x" if y > 0 else "-"
+
+
+def compare_reports(before: TimingReport, after: TimingReport) -> Comparison:
+    """Align two reports (e.g. before and after kopt.optimize) by node name and category."""
+    return Comparison(before, after)
+
+
+# ---- CLI -----------------------------------------------------------------------------------
+def cli_report(argv: list[str]) -> int:
+    """`kopt report MODEL [--runtime R] [--compare OTHER] [--json F] [--csv F] [--plot F]`."""
+    p = argparse.ArgumentParser(prog="kopt report", description=cli_report.__doc__)
+    p.add_argument("model", help=".keras or .h5 file")
+    p.add_argument("--runtime", choices=RUNTIMES + ("all",), default="keras")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=None, help="default: ~0.1 s of runs per part")
+    p.add_argument("--top", type=int, default=None, help="show only the N slowest layers")
+    p.add_argument("--compare", help="a second model (e.g. the optimized one) to compare with")
+    p.add_argument("--json", help="write the report as JSON (suffixed per runtime for 'all')")
+    p.add_argument("--csv")
+    p.add_argument("--plot", help="PNG file")
+    p.add_argument("--unsafe", action="store_true", help="load with safe_mode=False")
+    args = p.parse_args(argv)
+    from kopt.frontend import load_model
+
+    model = load_model(args.model, safe_mode=not args.unsafe)
+    other = load_model(args.compare, safe_mode=not args.unsafe) if args.compare else None
+    runtimes = RUNTIMES if args.runtime == "all" else (args.runtime,)
+    for rt in runtimes:
+        kw = dict(runtime=rt, batch_size=args.batch_size, threads=args.threads, runs=args.runs,
+                  progress=True)
+        rep = timing_report(model, **kw)
+        out: Any = rep
+        if other is not None:
+            out = compare_reports(rep, timing_report(other, **kw))
+        print(out.table() if other is not None else rep.table(args.top))
+        for opt, method in (("json", "to_json"), ("csv", "to_csv"), ("plot", "plot")):
+            target = getattr(args, opt)
+            if target and hasattr(out, method):
+                getattr(out, method)(_suffixed(target, rt, len(runtimes) > 1))
+    return 0
+
+
+def _suffixed(path: str, runtime: str, many: bool) -> str:
+    root, ext = os.path.splitext(path)
+    return f"{root}_{runtime}{ext}" if many else path

@@ -1,0 +1,73 @@
+"""Per-layer timing report in Keras and LiteRT: layers, categories, JSON/CSV/PNG, comparison."""
+
+import json
+
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from kopt.timing import compare_reports, timing_report  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def model():
+    i = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(i)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="c2")(x)
+    x = keras.layers.Add(name="add")([x, y])
+    x = keras.layers.Flatten(name="flat")(x)
+    x = keras.layers.Dense(3, name="fc")(x)
+    return keras.Model(i, x)
+
+
+@pytest.mark.parametrize("runtime", ["keras", "litert"])
+def test_report(model, runtime, tmp_path):
+    rep = timing_report(model, runtime=runtime, runs=10)
+    assert [r["name"] for r in rep.layers] == ["c1", "bn", "relu", "c2", "add", "flat", "fc"]
+    cats = {r["name"]: (r["category"], r["kind"]) for r in rep.layers}
+    assert cats["c1"] == ("tensor", "conv") and cats["fc"] == ("tensor", "fc")
+    assert cats["bn"] == ("non-tensor", "bn") and cats["add"] == ("non-tensor", "merge")
+    assert rep.total_ms > 0 and all(r["ms"] >= 0 for r in rep.layers) and rep.sum_ms > 0
+    assert abs(sum(r["share"] for r in rep.layers) - 1) < 1e-6
+    assert "sum of parts" in rep.table()
+    rep.to_json(tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert {"runtime", "total_ms", "layers"} <= set(data) and data["runtime"] == runtime
+    assert {"name", "op", "category", "ms"} <= set(data["layers"][0])
+    rep.to_csv(tmp_path / "r.csv")
+    assert (tmp_path / "r.csv").read_text().startswith("name,op,category,kind,ms,share")
+    rep.plot(tmp_path / "r.png")
+    png = (tmp_path / "r.png").read_bytes()
+    assert png.startswith(PNG) and len(png) > 1000
+
+
+def test_compare(model, tmp_path):
+    before = timing_report(model, runs=5)
+    smaller = keras.Sequential([keras.Input((10, 10, 3)), keras.layers.Flatten(name="flat"),
+                                keras.layers.Dense(3, name="fc")])
+    after = timing_report(smaller, runs=5)
+    cmp = compare_reports(before, after)
+    rows = {r["name"]: r for r in cmp.rows}
+    assert rows["c1"]["after_ms"] is None and rows["fc"]["after_ms"] is not None
+    tensor = cmp.totals("category")["tensor"]
+    assert tensor[0] > 0 and tensor[1] > 0  # before: c1, c2, fc; after: fc
+    assert set(cmp.totals("kind")) >= {"conv", "fc", "bn", "merge"}
+    assert "whole model" in cmp.table()
+    cmp.to_json(tmp_path / "c.json")
+    assert set(json.loads((tmp_path / "c.json").read_text())) >= {"before", "after", "layers"}
+    cmp.plot(tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes().startswith(PNG)
+
+
+def test_fused_groups(model):
+    from kopt.frontend import from_keras
+    from kopt.timing import fused_group
+
+    g = from_keras(model)
+    assert [n.name for n in fused_group(g, g["c1"])] == ["c1", "bn", "relu"]
+    assert [n.name for n in fused_group(g, g["c2"])] == ["c2"]  # its reader is the Add
+    assert [n.name for n in fused_group(g, g["bn"])] == ["bn"]  # not a group head
