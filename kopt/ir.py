@@ -49,6 +49,7 @@ class Node:
     layer_class: type | None = None
     source: str = "keras"
     layer: Any = None  # original layer object, kept only for opaque layers (never mutated)
+    meta: dict = field(default_factory=dict)  # markers rules leave for themselves (e.g. pruned)
 
     @property
     def output_shape(self) -> tuple:
@@ -71,6 +72,7 @@ class Node:
         new.weights = {k: np.array(v, copy=True) for k, v in self.weights.items()}
         new.output_shapes = list(self.output_shapes)
         new.output_dtypes = list(self.output_dtypes)
+        new.meta = dict(self.meta)
         return new
 
 

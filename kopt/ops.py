@@ -72,7 +72,7 @@ def _spatial(shape: tuple) -> int:
     return math.prod(d for d in shape[1:-1] if d is not None)
 
 
-def node_macs(g: "Graph", node: "Node") -> int:
+def node_macs(g: Graph, node: Node) -> int:
     """Multiply-accumulates for one node at batch 1 (0 for ops that are not tensor ops)."""
     op, cfg, w = node.op, node.config, node.weights
     if op not in TENSOR_OPS or not node.output_shapes:
@@ -102,12 +102,12 @@ def node_macs(g: "Graph", node: "Node") -> int:
     return 0
 
 
-def _channels_in(g: "Graph", node: "Node") -> int | None:
+def _channels_in(g: Graph, node: Node) -> int | None:
     shapes = g.input_shapes(node.name)
     return shapes[0][-1] if shapes and shapes[0] else None
 
 
-def expected_weight_shapes(g: "Graph", node: "Node") -> dict[str, tuple] | None:
+def expected_weight_shapes(g: Graph, node: Node) -> dict[str, tuple] | None:
     """Weight shapes implied by the config and input shape, for the ops rules rewrite."""
     op, cfg = node.op, node.config
     cin = _channels_in(g, node)
@@ -151,7 +151,7 @@ def expected_weight_shapes(g: "Graph", node: "Node") -> dict[str, tuple] | None:
     return shapes
 
 
-def check_weight_shapes(g: "Graph", node: "Node") -> None:
+def check_weight_shapes(g: Graph, node: Node) -> None:
     expected = expected_weight_shapes(g, node)
     if expected is None:
         return

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import networkx as nx
 import numpy as np
 
 from kopt.errors import KoptError
@@ -124,10 +125,13 @@ def channel_maps(g: Graph) -> tuple[dict[tuple[str, int], CMap | None], _Atoms]:
             out = _unknown(shapes[0])
         elif _is_source(g, node):
             out = [(node.name, i) for i in range(shapes[0][-1])]
+            if node.activation == "softmax":
+                atoms.freeze(out, f"'{node.name}' normalises across its channels (softmax)")
         elif _is_pass(g, node) and len(ins) == 1 and ins[0] is not None:
             mult = node.config.get("depth_multiplier", 1) if "Depthwise" in node.op else 1
             out = [a for a in ins[0] for _ in range(mult)]
-        elif node.op == "Flatten" and ins[0] is not None and None not in shapes[0]:
+        elif node.op == "Flatten" and ins[0] is not None and _channels_last(node) \
+                and None not in shapes[0][1:]:
             out = ins[0] * (shapes[0][-1] // max(1, len(ins[0])))
             if len(out) != shapes[0][-1]:
                 out = None
@@ -137,13 +141,10 @@ def channel_maps(g: Graph) -> tuple[dict[tuple[str, int], CMap | None], _Atoms]:
         elif node.op in ELEMENTWISE and ins and all(m is not None and len(m) == len(ins[0])
                                                     for m in ins):
             out = _unite(atoms, ins, node)
-        if out is None:
-            reader = node.op in SOURCES and _channels_last(node) and not g.is_shared(node) \
-                and node.config.get("groups", 1) == 1
-            if not reader:  # Conv/Dense read any input channels; everything else is opaque
-                for m in ins:
-                    atoms.freeze(m, f"read by '{node.name}' ({node.op}), which kopt cannot prune "
-                                    "through")
+        if out is None:  # an op kopt cannot prune through: what it reads stays
+            for m in ins:
+                atoms.freeze(m, f"read by '{node.name}' ({node.op}), which kopt cannot prune "
+                                "through")
             out = _unknown(shapes[0]) if shapes else None
         maps[(node.name, 0)] = out
         for p in range(1, len(shapes)):
@@ -177,26 +178,24 @@ def channel_groups(g: Graph) -> list[Group]:
         if _is_source(g, node):
             for i in range(node.output_shapes[0][-1]):
                 classes.setdefault(atoms.find((node.name, i)), []).append((node.name, i))
-    by_group: dict[Atom, list[Atom]] = {}  # group = connected sources; key: its first root
-    source_group: dict[str, Atom] = {}
+    joined = nx.Graph()  # sources sharing a channel class are one group
+    for members in classes.values():
+        srcs = list(dict.fromkeys(s for s, _ in members))
+        joined.add_nodes_from(srcs)
+        joined.add_edges_from(zip(srcs, srcs[1:], strict=False))
+    group_of = {s: i for i, comp in enumerate(nx.connected_components(joined)) for s in comp}
+    by_group: dict[int, list[Atom]] = {}
     for root, members in classes.items():
-        srcs = {s for s, _ in members}
-        key = next((source_group[s] for s in srcs if s in source_group), root)
-        for s in srcs:
-            old = source_group.get(s)
-            if old is not None and old != key:  # two groups joined by this class: merge
-                by_group[key] = by_group.get(key, []) + by_group.pop(old, [])
-                source_group.update({t: key for t, k in source_group.items() if k == old})
-            source_group[s] = key
-        by_group.setdefault(key, []).append(root)
+        by_group.setdefault(group_of[members[0][0]], []).append(root)
     groups = []
     for roots in by_group.values():
         chans = [classes[r] for r in roots]
         sources = list(dict.fromkeys(s for c in chans for s, _ in c))
         reasons = [atoms.frozen[r] for r in roots if r in atoms.frozen]
-        members = [n for (n, _), m in maps.items()
-                   if m and any(a is not None and a[0] in sources for a in m)]
-        groups.append(Group(sources, chans, list(dict.fromkeys(members)),
+        members = [n.name for n in g.topological() if any(
+            a is not None and a[0] in sources for s, p, _ in g.in_edges(n.name) + [(n.name, 0, 0)]
+            for a in maps.get((s, p)) or [])]
+        groups.append(Group(sources, chans, members,
                             reasons[0] if reasons else None))
     return groups
 

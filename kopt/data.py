@@ -1,0 +1,134 @@
+"""Calibration and evaluation data: the bundled digits set, and batches from what users have.
+
+scikit-learn ships the 8x8 UCI digits (1,797 images) inside the wheel, so tests and examples get
+real images and a held-out split without a download. The easy variant is nearly solved by any
+small CNN; `hard=True` (random shifts, noise, under a third of the training images) makes the
+accuracy cost of an approximate rewrite visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from kopt.errors import DataError
+
+
+def load_digits(size: int = 28, seed: int = 0, test_fraction: float = 0.25,
+                augment_shifts: bool = True, hard: bool = False
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test): float32 images (N, size, size, 1) in [0, 1] and int
+    labels, from a stratified split fixed by `seed`. With augment_shifts the training set also
+    holds copies shifted by about a pixel of the original 8x8 grid in the four directions."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    if size < 8:
+        raise DataError(f"load_digits: size must be at least 8 (the original grid), got {size}")
+    digits = sk_digits()
+    images = _resize(digits.images.astype(np.float32) / 16.0, size)
+    x_tr, x_te, y_tr, y_te = train_test_split(images, digits.target.astype(np.int64),
+                                              test_size=test_fraction, random_state=seed,
+                                              stratify=digits.target)
+    rng = np.random.default_rng(seed)
+    if hard:
+        x_tr, _, y_tr, _ = train_test_split(x_tr, y_tr, train_size=0.3, random_state=seed,
+                                            stratify=y_tr)
+        x_te = _noisy(_random_shifts(x_te, size // 6, rng), rng)
+    if augment_shifts:
+        step = max(1, size // 8)
+        shifted = [_shift(x_tr, dy, dx) for dy, dx in ((step, 0), (-step, 0), (0, step),
+                                                       (0, -step))]
+        x_tr, y_tr = np.concatenate([x_tr] + shifted), np.concatenate([y_tr] * 5)
+    if hard:
+        x_tr = _noisy(_random_shifts(x_tr, size // 6, rng), rng)
+    order = rng.permutation(len(x_tr))
+    return x_tr[order, ..., None], y_tr[order], x_te[..., None], y_te
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upsampling (pixel centres aligned) of (N, 8, 8) images to (N, size, size)."""
+    src = images.shape[1]
+    pos = np.clip((np.arange(size) + 0.5) * src / size - 0.5, 0, src - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, src - 1)
+    t = (pos - lo).astype(np.float32)
+    rows = images[:, lo, :] * (1 - t)[None, :, None] + images[:, hi, :] * t[None, :, None]
+    return rows[:, :, lo] * (1 - t) + rows[:, :, hi] * t
+
+
+def _shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Shift with zero fill (not np.roll: a digit must not wrap round the border)."""
+    out = np.zeros_like(x)
+    h, w = x.shape[1:3]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        x[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def _random_shifts(x: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    moves = rng.integers(-limit, limit + 1, size=(len(x), 2))
+    return np.stack([_shift(img[None], int(dy), int(dx))[0] for img, (dy, dx) in zip(x, moves)])
+
+
+def _noisy(x: np.ndarray, rng: np.random.Generator, sigma: float = 0.15) -> np.ndarray:
+    return np.clip(x + rng.normal(0, sigma, x.shape).astype(np.float32), 0.0, 1.0)
+
+
+def as_batches(data: Any, batch_size: int = 32, max_batches: int | None = None,
+               input_shape: tuple | None = None) -> list[np.ndarray]:
+    """Turn calibration data into a list of float arrays of at most `batch_size` samples.
+
+    `data` may be an array (split into batches), an (x, y) pair (x is used), a tf.data.Dataset
+    or any iterable of arrays or (x, y) pairs (taken as batches as they come). With
+    `input_shape` (a model input shape, None for free dimensions) each batch is checked
+    against it, so a wrong-shaped data set fails here and not deep inside a rewrite.
+    """
+    if data is None:
+        raise DataError("no calibration data given: pass an array, (x, y), a tf.data.Dataset "
+                        "or an iterable of batches")
+    if isinstance(data, tuple) and len(data) == 2:  # (x, y); pass a list for a list of batches
+        data = data[0]
+    if hasattr(data, "__array__"):
+        x = np.asarray(data)
+        batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)] if x.ndim else []
+    else:
+        batches = []
+        for item in data:
+            x = item[0] if isinstance(item, (tuple, list)) and len(item) == 2 else item
+            batches.append(np.asarray(x))
+            if max_batches is not None and len(batches) >= max_batches:
+                break
+    batches = batches[:max_batches] if max_batches is not None else batches
+    if not batches or sum(len(b) for b in batches) == 0:
+        raise DataError("calibration data is empty")
+    for b in batches:
+        _check(b, input_shape)
+    return [b.astype(np.float32) if b.dtype.kind == "f" else b for b in batches]
+
+
+def _check(batch: np.ndarray, input_shape: tuple | None) -> None:
+    if batch.ndim < 2:
+        raise DataError(f"calibration batch has shape {batch.shape}: need (batch, features...)")
+    if input_shape is None:
+        return
+    want = tuple(input_shape)[1:]
+    got = batch.shape[1:]
+    if len(want) != len(got) or any(w is not None and w != d for w, d in zip(want, got)):
+        raise DataError(f"calibration batch has sample shape {got}, the model input needs "
+                        f"{want}")
+
+
+def take(batches: Iterable[np.ndarray], n: int) -> np.ndarray:
+    """The first `n` samples of a list of batches, as one array."""
+    out, count = [], 0
+    for b in batches:
+        out.append(b[:n - count])
+        count += len(out[-1])
+        if count >= n:
+            break
+    if not out:
+        raise DataError("calibration data is empty")
+    return np.concatenate(out)

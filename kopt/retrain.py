@@ -1,0 +1,107 @@
+"""Recover what an approximate rewrite cost: distil from the original model, or fine-tune.
+
+Distillation (Hinton et al. 2015) trains the student on the teacher's softened distribution:
+    L = alpha * CE(y, p_s) + (1 - alpha) * T^2 * CE(softmax(z_t / T), softmax(z_s / T))
+The teacher is run once over the data before training (its outputs ride along as targets), so
+no custom train step is needed and the student compiles in whatever tf.distribute scope the
+caller opened. Models ending in softmax are handled by taking log-probabilities as logits
+(softmax(log p / T) == softmax(z / T)). Outputs that are not class scores are distilled with a
+mean squared error. Early stopping on a held-out split restores the best weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from kopt.errors import DataError
+
+log = logging.getLogger("kopt")
+
+
+def retrain(student: Any, teacher: Any = None, data: Any = None, epochs: int = 10,
+            temperature: float = 4.0, alpha: float = 0.5, validation_split: float = 0.1,
+            patience: int = 5, batch_size: int = 64, learning_rate: float = 1e-3,
+            verbose: int = 0, seed: int = 0) -> Any:
+    """Train `student` (a Keras 3 model, changed in place and returned) on `data`: (x, y) or
+    x alone. With a teacher: distillation (plus cross-entropy on y if given, weight `alpha`);
+    without one: plain fine-tuning on y."""
+    x, y = data if isinstance(data, tuple) else (data, None)
+    if x is None or len(x) == 0:
+        raise DataError("retrain needs data: (x, y) or x")
+    if teacher is None and y is None:
+        raise DataError("retrain without a teacher needs labels: pass data=(x, y)")
+    x = np.asarray(x)
+    order = np.random.default_rng(seed).permutation(len(x))
+    x = x[order]
+    out_dim = int(student.output_shape[-1])
+    classes = len(student.output_shape) == 2
+    probs = _ends_in_softmax(student)
+    targets, parts = [], []
+    if y is not None:
+        y = np.asarray(y)[order]
+        targets.append(y.astype(np.float32) if y.ndim == 2 else
+                       np.eye(out_dim, dtype=np.float32)[y.astype(int)])
+        parts.append(("labels", out_dim))
+    if teacher is not None:
+        soft = np.asarray(teacher.predict(x, batch_size=256, verbose=0), np.float32)
+        targets.append(soft.reshape(len(x), -1))
+        parts.append(("teacher", targets[-1].shape[1]))
+    weight = 1.0 if teacher is None else (alpha if y is not None else 0.0)
+    loss = DistillLoss(parts, classes, probs, temperature, weight)
+    student.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss" if validation_split else "loss",
+                                         patience=patience, restore_best_weights=True)
+    history = student.fit(x, np.concatenate(targets, axis=1), epochs=epochs,
+                          batch_size=batch_size, validation_split=validation_split,
+                          callbacks=[stop], verbose=verbose, shuffle=True)
+    log.info("retrain: %d epochs, loss %.4f -> %.4f", len(history.history["loss"]),
+             history.history["loss"][0], min(history.history["loss"]))
+    return student
+
+
+def _ends_in_softmax(model: Any) -> bool:
+    last = model.layers[-1]
+    act = getattr(last, "activation", None)
+    return type(last).__name__ == "Softmax" or getattr(act, "__name__", "") == "softmax"
+
+
+@keras.saving.register_keras_serializable(package="kopt")
+class DistillLoss(keras.losses.Loss):
+    """Loss over y_true = [one-hot labels | teacher outputs] (either may be absent); a
+    registered class so that a retrained model still clones and saves."""
+
+    def __init__(self, parts: list, classes: bool = True, probs: bool = False,
+                 temperature: float = 4.0, alpha: float = 0.5, **kwargs: Any):
+        super().__init__(name=kwargs.pop("name", "distill"), **kwargs)
+        self.parts = [(str(k), int(w)) for k, w in parts]
+        self.classes, self.probs = classes, probs
+        self.temperature, self.alpha = temperature, alpha
+
+    def _logits(self, p: Any) -> Any:
+        return ops.log(ops.clip(p, 1e-7, 1.0)) if self.probs else p
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        total, start, t = 0.0, 0, self.temperature
+        flat = ops.reshape(y_pred, (ops.shape(y_pred)[0], -1))
+        for kind, width in self.parts:
+            target = y_true[:, start:start + width]
+            start += width
+            if kind == "labels":
+                ce = -ops.sum(target * ops.log_softmax(self._logits(flat), axis=-1), axis=-1)
+                total = total + self.alpha * ce
+            elif self.classes:
+                soft = ops.softmax(self._logits(target) / t, axis=-1)
+                log_s = ops.log_softmax(self._logits(flat) / t, axis=-1)
+                total = total - (1.0 - self.alpha) * t * t * ops.sum(soft * log_s, axis=-1)
+            else:
+                total = total + (1.0 - self.alpha) * ops.mean(ops.square(target - flat), axis=-1)
+        return total
+
+    def get_config(self) -> dict:
+        return dict(super().get_config(), parts=self.parts, classes=self.classes,
+                    probs=self.probs, temperature=self.temperature, alpha=self.alpha)
