@@ -60,7 +60,7 @@ def litert_row(before: keras.Model, after: keras.Model, runs: int) -> str:
         path = f"/tmp/kopt_bench_{m.name}_{tag}.tflite"
         res = export_tflite(m, path, quantize=None, verify=False)
         runner = LiteRTRunner(path, threads=1)
-        out.append((sum(res.op_counts.values()), runner.latency(n=runs)))
+        out.append((res.total_ops, runner.latency(n=runs)))
     (ops0, ms0), (ops1, ms1) = out
     return f"litert float: ops {ops0} -> {ops1}, {ms0:.2f} -> {ms1:.2f} ms ({ms0 / ms1:.2f}x)"
 
