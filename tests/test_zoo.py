@@ -14,6 +14,12 @@ from kopt.testing import assert_same_function, randomize_weights
 ARCHITECTURES = sorted(n for n, f in inspect.getmembers(keras.applications, callable)
                        if n[0].isupper())
 FOLDABLE = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
+# VGG has no BN, dropout or standalone activation: nothing exact to remove.
+NOTHING_TO_FUSE = {"VGG16", "VGG19"}
+# ~1000 layers with random kernels and random BN statistics amplify float32 rounding: the folded
+# weights' rounding (1e-7) grows smoothly with depth (1e-6 at block2, 7e-4 at block7 of V2M)
+# to >1e-4 at the logits. Verification must then roll fold_batchnorm back, which is asserted.
+CHAOTIC_WHEN_RANDOM = {"EfficientNetV2M", "EfficientNetV2L"}
 
 
 def _build(name: str, include_top: bool) -> keras.Model:
@@ -46,10 +52,15 @@ def test_zoo_optimize_is_exact_and_smaller(name):
     model = _build(name, include_top=True)
     opt = kopt.Optimizer()
     new = opt.optimize(model)
-    assert not opt.report.rolled_back, str(opt.report)
+    rolled_back = [rule for rule, _ in opt.report.rolled_back]
+    assert rolled_back == (["fold_batchnorm"] if name in CHAOTIC_WHEN_RANDOM else []), \
+        str(opt.report)
     assert_same_function(model, new, rtol=1e-4, x=_probe(model))
     assert new.count_params() <= model.count_params()
-    assert len(new.layers) < len(model.layers), str(opt.report)
+    if name in NOTHING_TO_FUSE:
+        assert len(new.layers) == len(model.layers)
+    else:
+        assert len(new.layers) < len(model.layers), str(opt.report)
     if name in ("ResNet50", "MobileNet", "MobileNetV2", "InceptionV3", "VGG16"):
         g = kopt.from_keras(new)
         after_conv = [n.name for n in g.nodes_of("BatchNormalization")

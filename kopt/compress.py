@@ -1,0 +1,138 @@
+"""compress(): the data-driven flow for linear / VGG-style models (issue 5).
+
+prune (PruneEntropy, one global ratio over every prunable group) -> distil from the original ->
+factor Dense layers (SvdDense) -> distil -> exact fusions (kopt.Optimizer). The approximate
+steps try their settings from most to least aggressive and keep the first whose validation
+accuracy stays within `max_accuracy_drop` of the original's; a step with no such setting is
+rolled back (the previous model is kept, and the attempt is logged with kept=False). The exact
+fusions are verified by the pass manager and change no outputs, so they are always kept. The
+input model is never mutated: every step works on a fresh model emitted from the IR.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from kopt.emitter import to_keras
+from kopt.errors import DataError
+from kopt.frontend import from_keras
+from kopt.pipeline import Optimizer
+from kopt.progress import bar
+from kopt.rewrite import PassManager, Rule
+from kopt.retrain import retrain
+
+log = logging.getLogger("kopt")
+
+
+def compress(model: Any, data: tuple, validation: tuple, max_accuracy_drop: float = 0.005,
+             prune_ratio: float | Sequence[float] = (0.75, 0.5, 0.25),
+             svd_energy: float | Sequence[float] = (0.9, 0.97), epochs: int = 5,
+             criterion: str = "entropy", round_to: int = 8, progress: bool = False,
+             probes: dict[str, tuple] | None = None, seed: int = 0) -> tuple[Any, list[dict]]:
+    """A smaller model computing nearly what `model` does, and the log of its steps.
+
+    data=(x, y) trains (calibration for the entropy criterion, and distillation); validation
+    (x, y) decides what is kept. `prune_ratio` / `svd_energy` may be one value or several to
+    try in order (put the most aggressive first). `probes` maps a name to extra (x, y) sets
+    whose accuracy each step also records as "acc_<name>" (e.g. a harder test variant).
+    Each entry of the returned steps is {step, params, macs, val_acc, kept} (+ probe accuracies).
+    """
+    x, y = _pair(data, "data")
+    xv, yv = _pair(validation, "validation")
+    probes = probes or {}
+
+    def record(name: str, candidate: Any, kept: bool | None = None) -> dict:
+        g = from_keras(candidate)
+        acc = _accuracy(candidate, xv, yv)
+        ok = acc >= base_acc - max_accuracy_drop - 1e-9 if kept is None else kept
+        step = dict(step=name, params=g.count_params(), macs=g.count_macs(), val_acc=acc,
+                    kept=bool(ok))
+        step.update({f"acc_{k}": _accuracy(candidate, *v) for k, v in probes.items()})
+        log.info("compress: %-14s params %8d  MACs %10d  val_acc %.4f  %s", name,
+                 step["params"], step["macs"], acc, "kept" if ok else "rolled back")
+        return step
+
+    base_acc = _accuracy(model, xv, yv)
+    steps = [record("original", model, kept=True)]
+    current = model
+    stages: list[tuple[str, Sequence[float], Callable[[float], Rule]]] = [
+        ("prune", _values(prune_ratio), lambda r: _prune_rule(x, r, criterion, round_to)),
+        ("svd", _values(svd_energy), lambda e: _svd_rule(e)),
+    ]
+    for name, values, make in bar(stages, progress, "compress"):
+        for value in values:
+            candidate = _rewrite(current, [make(value)], verify=False)
+            if candidate is None:
+                log.info("compress: %s %s changed nothing", name, value)
+                continue
+            retrain(candidate, teacher=model, data=(x, y), epochs=epochs, seed=seed)
+            recalibrate_bn(candidate, x, seed=seed)
+            step = record(f"{name} {value}", candidate)
+            steps.append(step)
+            if step["kept"]:
+                current = candidate
+                break
+    fused = Optimizer().optimize(current)
+    steps.append(record("fuse (exact)", fused, kept=True))
+    return fused, steps
+
+
+def recalibrate_bn(model: Any, x: np.ndarray, batches: int = 60, batch_size: int = 64,
+                   momentum: float = 0.9, seed: int = 0) -> Any:
+    """Re-estimate BatchNormalization moving statistics with the weights as they now are.
+
+    On a small data set Adam moves the weights faster than BN's moving averages (momentum
+    0.99) follow them, so a model can score 99% in training mode and 15% in inference mode.
+    Forward passes in training mode with a short memory fix that without touching any weight.
+    """
+    bns = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
+    if not bns:
+        return model
+    saved = [layer.momentum for layer in bns]
+    rng = np.random.default_rng(seed)
+    try:
+        for layer in bns:
+            layer.momentum = momentum
+        for _ in range(batches):
+            model(x[rng.choice(len(x), min(batch_size, len(x)), replace=False)], training=True)
+    finally:
+        for layer, m in zip(bns, saved):
+            layer.momentum = m
+    return model
+
+
+def _pair(data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(data, (tuple, list)) or len(data) != 2 or data[1] is None:
+        raise DataError(f"compress: {what} must be (x, y) with labels")
+    return np.asarray(data[0]), np.asarray(data[1])
+
+
+def _values(v: float | Sequence[float]) -> list[float]:
+    return [float(v)] if np.isscalar(v) else [float(a) for a in v]
+
+
+def _prune_rule(x: np.ndarray, ratio: float, criterion: str, round_to: int) -> Rule:
+    from rewrites.prune_entropy import PruneEntropy
+
+    return PruneEntropy(x, ratio, criterion, round_to=round_to, min_channels=round_to)
+
+
+def _svd_rule(energy: float) -> Rule:
+    from rewrites.svd_dense import SvdDense
+
+    return SvdDense(energy=energy)
+
+
+def _rewrite(model: Any, rules: list[Rule], verify: bool) -> Any | None:
+    """A new Keras model after `rules`, or None when no rule applied."""
+    g, report = PassManager(rules, verify=verify).run(from_keras(model))
+    return to_keras(g) if report.applied else None
+
+
+def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
+    scores = np.asarray(model.predict(x, batch_size=256, verbose=0))
+    return float(np.mean(np.argmax(scores, axis=-1) == np.asarray(y)))

@@ -1,0 +1,58 @@
+"""compress(): smaller model within the allowed accuracy drop; steps past the drop roll back."""
+
+import keras
+import numpy as np
+import pytest
+
+from kopt.compress import compress
+from kopt.data import load_digits
+from kopt.frontend import from_keras
+from kopt.pipeline import optimize
+
+L = keras.layers
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(0)
+    x, y, xt, yt = load_digits(size=12, seed=0)
+    inp = keras.Input((12, 12, 1))
+    h = L.Conv2D(32, 3, padding="same", use_bias=False)(inp)
+    h = L.ReLU()(L.BatchNormalization()(h))
+    h = L.MaxPooling2D(2)(h)
+    h = L.Conv2D(32, 3, padding="same", use_bias=False)(h)
+    h = L.ReLU()(L.BatchNormalization()(h))
+    h = L.Dense(64, activation="relu")(L.Flatten()(h))
+    model = keras.Model(inp, L.Dense(10, activation="softmax")(h))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    return model, (x, y), (xt, yt)
+
+
+def test_compress_is_smaller_within_drop(trained):
+    model, data, val = trained
+    weights = [w.copy() for w in model.get_weights()]
+    small, steps = compress(model, data, val, max_accuracy_drop=0.02, prune_ratio=0.5,
+                            svd_energy=0.9, epochs=2)
+    assert steps[0]["step"] == "original" and steps[-1]["step"] == "fuse (exact)"
+    assert set(steps[0]) >= {"step", "params", "macs", "val_acc", "kept"}
+    assert any(s["kept"] and s["step"].startswith("prune") for s in steps)
+    assert small.count_params() < model.count_params()
+    assert steps[-1]["params"] == from_keras(small).count_params()
+    assert steps[-1]["val_acc"] >= steps[0]["val_acc"] - 0.02
+    for a, b in zip(weights, model.get_weights()):  # the original is not mutated
+        np.testing.assert_array_equal(a, b)
+
+
+def test_step_past_the_drop_is_rolled_back(trained):
+    model, data, val = trained
+    small, steps = compress(model, data, val, max_accuracy_drop=-1.0, prune_ratio=0.5,
+                            svd_energy=0.9, epochs=1)
+    approx = [s for s in steps if s["step"].split()[0] in ("prune", "svd")]
+    assert approx and not any(s["kept"] for s in approx)
+    # only the exact fusions ran: the same params as optimising the original directly
+    assert steps[-1]["params"] == from_keras(optimize(model)).count_params()
+    assert steps[-1]["val_acc"] == pytest.approx(steps[0]["val_acc"], abs=1e-9)
+    x = val[0][:32]
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-4)
