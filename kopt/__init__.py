@@ -34,7 +34,7 @@ _LAZY = {
     "Report": "kopt.rewrite",
     "optimize": "kopt.pipeline",
     "Optimizer": "kopt.pipeline",
-    "retrain": "kopt.retrain",
+    "retrain": "kopt.distill",
     "export_tflite": "kopt.export",
     "export_onnx": "kopt.export",
     "LiteRTRunner": "kopt.export",

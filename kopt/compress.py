@@ -23,7 +23,7 @@ from kopt.frontend import from_keras
 from kopt.pipeline import Optimizer
 from kopt.progress import bar
 from kopt.rewrite import PassManager, Rule
-from kopt.retrain import retrain
+from kopt.distill import retrain
 
 log = logging.getLogger("kopt")
 

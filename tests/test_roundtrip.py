@@ -137,3 +137,10 @@ def test_macs_match_published(name, expected):
     g = kopt.from_keras(m)
     assert abs(g.count_macs() - expected) / expected < 0.05
     assert g.count_params() == m.count_params()
+
+
+def test_public_names_are_not_shadowed_by_submodules():
+    import pkgutil
+
+    modules = {m.name for m in pkgutil.iter_modules(kopt.__path__)}
+    assert not modules & set(kopt.__all__), "importing such a submodule replaces the function"
