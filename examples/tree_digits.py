@@ -1,0 +1,24 @@
+"""The seed's "tree" (inception) model on digits: train, compress (prune the dependency groups,
+Concatenate slices included -> distil -> SVD on the Dense layers -> distil -> exact fusions,
+where the parallel 1x1 convs of each block are fused horizontally), export int8 and compare
+with the float original. Branch merging (one conv for a whole block) is not implemented.
+
+    python examples/tree_digits.py --seed 0 --epochs 4 --json tree.json
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import parse_args, run_example  # noqa: E402
+from seed_models import tree  # noqa: E402
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    run_example(tree, args, prune_ratio=(0.625, 0.5, 0.375, 0.25), svd_energy=(0.9, 0.95, 0.97))
+
+
+if __name__ == "__main__":
+    main()
