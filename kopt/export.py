@@ -390,21 +390,13 @@ class LiteRTRunner:
 
     def latency(self, n: int = 500, warmup: int = 50) -> float:
         """Median milliseconds of one invoke at the model's (batch-1) input shape."""
-        import time
+        from kopt.timing import median_ms
 
         rng = np.random.default_rng(0)
         for d in self.inputs:
             x = rng.normal(0, 1, d["shape"]).astype(np.float32)
             self.interpreter.set_tensor(d["index"], _quantize(x, d))
-        invoke = self.interpreter.invoke
-        for _ in range(warmup):
-            invoke()
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            invoke()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times) * 1e3)
+        return median_ms(self.interpreter.invoke, runs=n, warmup=warmup)
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:

@@ -99,8 +99,7 @@ class Graph:
 
     def next_order(self) -> int:
         """A mark: nodes added after it are returned by added_since(mark)."""
-        mark = next(self._order)
-        return mark
+        return next(self._order)
 
     def added_since(self, mark: int) -> list[str]:
         return [n for n, o in self.nx.nodes(data="order") if o > mark]

@@ -167,7 +167,7 @@ class PassManager:
 
                 reference = to_keras(original)
             probes = self.probe_inputs or probe_inputs(original)
-            expected = _predict(reference, probes)
+            expected = predict_outputs(reference, probes)
             while True:
                 err = _error(g, probes, expected)
                 if err <= self.tolerance or not snapshots:
@@ -269,8 +269,11 @@ def probe_inputs(g: Graph, batch: int = 2, seed: int = 0) -> list[np.ndarray]:
     return probes
 
 
-def _predict(model: Any, probes: list[np.ndarray]) -> list[np.ndarray]:
-    out = model(probes[0] if len(probes) == 1 else probes, training=False)
+def predict_outputs(model: Any, x: Any) -> list[np.ndarray]:
+    """Inference outputs of `model` on `x` (an array or a list of arrays), always a list."""
+    if isinstance(x, list) and len(x) == 1:
+        x = x[0]
+    out = model(x, training=False)
     outs = out if isinstance(out, (list, tuple)) else [out]
     return [np.asarray(o) for o in outs]
 
@@ -278,7 +281,7 @@ def _predict(model: Any, probes: list[np.ndarray]) -> list[np.ndarray]:
 def _error(g: Graph, probes: list[np.ndarray], expected: list[np.ndarray]) -> float:
     from kopt.emitter import to_keras
 
-    got = _predict(to_keras(g), probes)
+    got = predict_outputs(to_keras(g), probes)
     return max_relative_error(expected, got)
 
 

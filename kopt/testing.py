@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from kopt.rewrite import max_relative_error
+from kopt.rewrite import max_relative_error, predict_outputs
 
 
 def randomize_weights(model: Any, seed: int = 0, all_weights: bool = False) -> Any:
@@ -48,9 +48,7 @@ def model_inputs(model: Any, batch: int = 2, seed: int = 1) -> Any:
     return xs[0] if len(xs) == 1 else xs
 
 
-def outputs(model: Any, x: Any) -> list[np.ndarray]:
-    out = model(x, training=False)
-    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
+outputs = predict_outputs
 
 
 def assert_same_function(a: Any, b: Any, rtol: float = 1e-5, x: Any = None) -> float:
