@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from kopt.compress import compress, recalibrate_bn
-from kopt.data import load_digits
+from kopt.data import digits_splits
 from kopt.export import LiteRTRunner, export_tflite
 from kopt.frontend import from_keras
 
@@ -36,7 +36,14 @@ def parse_args(description: str, epochs: int = 4) -> argparse.Namespace:
     p.add_argument("--retrain-epochs", type=int, default=5, help="distillation epochs per step")
     p.add_argument("--invokes", type=int, default=600, help="timed LiteRT invokes per model")
     p.add_argument("--json", metavar="PATH", help="write the measured numbers here")
+    p.add_argument("--width", type=int, default=None, help="model width (default: the seed's)")
+    p.add_argument("--blocks", type=int, default=None, help="blocks (default: the seed's)")
     return p.parse_args()
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """Builder keyword arguments for the model variant asked for on the command line."""
+    return {k: v for k, v in (("width", args.width), ("blocks", args.blocks)) if v is not None}
 
 
 def train(model: Any, data: tuple, epochs: int, seed: int = 0, batch_size: int = 64) -> Any:
@@ -90,12 +97,11 @@ def run_example(build: Any, args: argparse.Namespace, **compress_options: Any) -
     logging.getLogger("kopt").setLevel(logging.INFO)
     for name in ("kopt.rewrite",):  # keep the per-rule chatter out of the example's output
         logging.getLogger(name).setLevel(logging.WARNING)
-    x, y, xt, yt = load_digits(28, seed=args.seed)
-    _, _, xh, yh = load_digits(28, seed=args.seed, hard=True)
-    cut = int(0.85 * len(x))  # validation: held out of training (shifted copies may leak)
+    splits = digits_splits(28, seed=args.seed)
+    (x, y), (xt, yt), (xh, yh) = splits.train, splits.test, splits.hard_test
     keras.utils.set_random_seed(args.seed)
-    original = train(build(), (x[:cut], y[:cut]), args.epochs, args.seed)
-    small, steps = compress(original, data=(x[:cut], y[:cut]), validation=(x[cut:], y[cut:]),
+    original = train(build(**model_options(args)), (x, y), args.epochs, args.seed)
+    small, steps = compress(original, data=(x, y), validation=splits.validation,
                             epochs=args.retrain_epochs, probes={"hard": (xh, yh)},
                             seed=args.seed, **compress_options)
     with tempfile.TemporaryDirectory() as tmp:

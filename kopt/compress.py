@@ -1,7 +1,10 @@
-"""compress(): the data-driven flow for linear / VGG-style models (issue 5).
+"""compress(): the seed's data-driven flows, for linear (VGG) and tree (inception) models alike.
 
-prune (PruneEntropy, one global ratio over every prunable group) -> distil from the original ->
-factor Dense layers (SvdDense) -> distil -> exact fusions (kopt.Optimizer). The approximate
+merge each inception / residual block into one narrower conv (MergeInception), one block at a
+time, distilling after each -> prune (PruneEntropy, one global ratio over every prunable group)
+-> distil from the original -> factor Dense layers (SvdDense) -> distil -> exact fusions
+(kopt.Optimizer). A VGG-style model has no block to merge, so its flow starts at pruning. The
+approximate
 steps try their settings from most to least aggressive and keep the first whose validation
 accuracy stays within `max_accuracy_drop` of the original's; a step with no such setting is
 rolled back (the previous model is kept, and the attempt is logged with kept=False). The exact
@@ -29,6 +32,7 @@ log = logging.getLogger("kopt")
 
 
 def compress(model: Any, data: tuple, validation: tuple, max_accuracy_drop: float = 0.005,
+             merge_width: float | Sequence[float] = (0.25, 0.375, 0.5),
              prune_ratio: float | Sequence[float] = (0.75, 0.5, 0.25),
              svd_energy: float | Sequence[float] = (0.9, 0.97), epochs: int = 5,
              criterion: str = "entropy", round_to: int = 8, progress: bool = False,
@@ -37,7 +41,8 @@ def compress(model: Any, data: tuple, validation: tuple, max_accuracy_drop: floa
 
     data=(x, y) trains (calibration for the entropy criterion, and distillation); validation
     (x, y) decides what is kept. `prune_ratio` / `svd_energy` may be one value or several to
-    try in order (put the most aggressive first). `probes` maps a name to extra (x, y) sets
+    try in order (put the most aggressive first); so may `merge_width`, the fraction of a
+    block's output channels its merged conv keeps (an empty tuple skips merging). `probes` maps a name to extra (x, y) sets
     whose accuracy each step also records as "acc_<name>" (e.g. a harder test variant).
     Each entry of the returned steps is {step, params, macs, val_acc, kept} (+ probe accuracies).
     """
@@ -60,14 +65,17 @@ def compress(model: Any, data: tuple, validation: tuple, max_accuracy_drop: floa
     steps = [record("original", model, kept=True)]
     current = model
     stages: list[tuple[str, Sequence[float], Callable[[float], Rule]]] = [
+        (f"merge {join}", _values(merge_width), lambda w, j=join: _merge_rule(x, w, j, seed))
+        for join in _blocks(model)]
+    stages += [
         ("prune", _values(prune_ratio), lambda r: _prune_rule(x, r, criterion, round_to)),
         ("svd", _values(svd_energy), lambda e: _svd_rule(e)),
     ]
     for name, values, make in bar(stages, progress, "compress"):
         for value in values:
-            candidate = _rewrite(current, [make(value)], verify=False)
+            candidate, why = _rewrite(current, [make(value)], verify=False)
             if candidate is None:
-                log.info("compress: %s %s changed nothing", name, value)
+                log.info("compress: %s %s changed nothing%s", name, value, why)
                 continue
             retrain(candidate, teacher=model, data=(x, y), epochs=epochs, seed=seed)
             recalibrate_bn(candidate, x, seed=seed)
@@ -121,16 +129,31 @@ def _prune_rule(x: np.ndarray, ratio: float, criterion: str, round_to: int) -> R
     return PruneEntropy(x, ratio, criterion, round_to=round_to, min_channels=round_to)
 
 
+def _merge_rule(x: np.ndarray, width: float, join: str, seed: int) -> Rule:
+    from rewrites.merge_inception import MergeInception
+
+    return MergeInception(x, width=width, only=join, seed=seed)
+
+
+def _blocks(model: Any) -> list[str]:
+    """Joins (Concatenate / Add) of the model, in graph order: the candidate blocks to merge."""
+    from rewrites.merge_inception import JOINS
+
+    return [n.name for n in from_keras(model).nodes_of(*JOINS)]
+
+
 def _svd_rule(energy: float) -> Rule:
     from rewrites.svd_dense import SvdDense
 
     return SvdDense(energy=energy)
 
 
-def _rewrite(model: Any, rules: list[Rule], verify: bool) -> Any | None:
-    """A new Keras model after `rules`, or None when no rule applied."""
+def _rewrite(model: Any, rules: list[Rule], verify: bool) -> tuple[Any | None, str]:
+    """A new Keras model after `rules` (None when no rule applied) and why not, if not."""
     g, report = PassManager(rules, verify=verify).run(from_keras(model))
-    return to_keras(g) if report.applied else None
+    if report.applied:
+        return to_keras(g), ""
+    return None, "".join(f"; {d.reason}" for d in report.declined[:3])
 
 
 def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:

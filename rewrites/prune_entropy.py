@@ -125,10 +125,10 @@ def _entropies(g: Graph, sources: list[str], data: np.ndarray, bins: int) -> dic
     probe = keras.Model(model.inputs, [model.get_layer(t).output for t in taps])
     outs = probe.predict(data, batch_size=64, verbose=0)
     outs = outs if isinstance(outs, (list, tuple)) else [outs]
-    return {s: _entropy(np.asarray(o), bins) for s, o in zip(sources, outs, strict=True)}
+    return {s: channel_entropy(np.asarray(o), bins) for s, o in zip(sources, outs, strict=True)}
 
 
-def _entropy(acts: np.ndarray, bins: int, max_rows: int = 20_000) -> np.ndarray:
+def channel_entropy(acts: np.ndarray, bins: int = 32, max_rows: int = 20_000) -> np.ndarray:
     """Shannon entropy (nats) of each channel's histogram over its own range."""
     flat = acts.reshape(-1, acts.shape[-1])
     if len(flat) > max_rows:
