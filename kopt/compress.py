@@ -42,8 +42,9 @@ def compress(model: Any, data: tuple, validation: tuple, max_accuracy_drop: floa
     data=(x, y) trains (calibration for the entropy criterion, and distillation); validation
     (x, y) decides what is kept. `prune_ratio` / `svd_energy` may be one value or several to
     try in order (put the most aggressive first); so may `merge_width`, the fraction of a
-    block's output channels its merged conv keeps (an empty tuple skips merging). `probes` maps a name to extra (x, y) sets
-    whose accuracy each step also records as "acc_<name>" (e.g. a harder test variant).
+    block's output channels its merged conv keeps (an empty tuple skips merging). `probes`
+    maps a name to extra (x, y) sets whose accuracy each step also records as "acc_<name>"
+    (e.g. a harder test variant).
     Each entry of the returned steps is {step, params, macs, val_acc, kept} (+ probe accuracies).
     """
     x, y = _pair(data, "data")
