@@ -19,7 +19,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from kopt.compress import compress, recalibrate_bn
+from kopt.compress import compress
+from kopt.distill import recalibrate_bn
 from kopt.data import digits_splits
 from kopt.export import LiteRTRunner, export_tflite
 from kopt.frontend import from_keras
@@ -48,7 +49,7 @@ def model_options(args: argparse.Namespace) -> dict:
 
 def train(model: Any, data: tuple, epochs: int, seed: int = 0, batch_size: int = 64) -> Any:
     """Fit `model` (in place, returned) with Adam on (x, y) integer labels, seeds fixed; BN
-    moving statistics are re-estimated at the end (see kopt.compress.recalibrate_bn)."""
+    moving statistics are re-estimated at the end (see kopt.distill.recalibrate_bn)."""
     keras.utils.set_random_seed(seed)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kopt.compress import recalibrate_bn
+from kopt.distill import recalibrate_bn
 from kopt.emitter import to_keras
 from kopt.frontend import from_keras
 

@@ -41,6 +41,7 @@ _LAZY = {
     "timing_report": "kopt.timing",
     "compare_reports": "kopt.timing",
     "load_digits": "kopt.data",
+    "digits_splits": "kopt.data",
 }
 
 __all__ = sorted(_LAZY) + ["KoptError", "UnsupportedModelError", "EmitError", "GraphLintError",

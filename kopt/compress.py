@@ -31,7 +31,7 @@ from kopt.distill import retrain
 log = logging.getLogger("kopt")
 
 
-def compress(model: Any, data: tuple, validation: tuple, max_accuracy_drop: float = 0.005,
+def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: float = 0.005,
              merge_width: float | Sequence[float] = (0.25, 0.375, 0.5),
              prune_ratio: float | Sequence[float] = (0.75, 0.5, 0.25),
              svd_energy: float | Sequence[float] = (0.9, 0.97), epochs: int = 5,
@@ -40,15 +40,24 @@ def compress(model: Any, data: tuple, validation: tuple, max_accuracy_drop: floa
     """A smaller model computing nearly what `model` does, and the log of its steps.
 
     data=(x, y) trains (calibration for the entropy criterion, and distillation); validation
-    (x, y) decides what is kept. `prune_ratio` / `svd_energy` may be one value or several to
-    try in order (put the most aggressive first); so may `merge_width`, the fraction of a
-    block's output channels its merged conv keeps (an empty tuple skips merging). `probes`
-    maps a name to extra (x, y) sets whose accuracy each step also records as "acc_<name>"
-    (e.g. a harder test variant).
+    (x, y) decides what is kept. Labels are optional: without them the original's own top-1
+    predictions stand in (accuracy then means agreement with the original), so users with
+    unlabelled images can still compress. Without validation, the last 15% of data is held
+    out for it (pass your own if data holds augmented copies: a twin in training leaks).
+    `prune_ratio` / `svd_energy` may be one value or several to try in order (put the most
+    aggressive first); so may `merge_width`, the fraction of a block's output channels its
+    merged conv keeps (an empty tuple skips merging). `probes` maps a name to extra (x, y)
+    sets whose accuracy each step also records as "acc_<name>" (e.g. a harder test variant).
     Each entry of the returned steps is {step, params, macs, val_acc, kept} (+ probe accuracies).
     """
-    x, y = _pair(data, "data")
-    xv, yv = _pair(validation, "validation")
+    x, y = _pair(model, data, "data")
+    if validation is None:
+        cut = int(0.85 * len(x))
+        log.info("compress: no validation data given; holding out the last %d samples of data",
+                 len(x) - cut)
+        (x, y), (xv, yv) = (x[:cut], y[:cut]), (x[cut:], y[cut:])
+    else:
+        xv, yv = _pair(model, validation, "validation")
     probes = probes or {}
 
     def record(name: str, candidate: Any, kept: bool | None = None) -> dict:
@@ -79,7 +88,6 @@ def compress(model: Any, data: tuple, validation: tuple, max_accuracy_drop: floa
                 log.info("compress: %s %s changed nothing%s", name, value, why)
                 continue
             retrain(candidate, teacher=model, data=(x, y), epochs=epochs, seed=seed)
-            recalibrate_bn(candidate, x, seed=seed)
             step = record(f"{name} {value}", candidate)
             steps.append(step)
             if step["kept"]:
@@ -90,34 +98,18 @@ def compress(model: Any, data: tuple, validation: tuple, max_accuracy_drop: floa
     return fused, steps
 
 
-def recalibrate_bn(model: Any, x: np.ndarray, batches: int = 60, batch_size: int = 64,
-                   momentum: float = 0.9, seed: int = 0) -> Any:
-    """Re-estimate BatchNormalization moving statistics with the weights as they now are.
-
-    On a small data set Adam moves the weights faster than BN's moving averages (momentum
-    0.99) follow them, so a model can score 99% in training mode and 15% in inference mode.
-    Forward passes in training mode with a short memory fix that without touching any weight.
-    """
-    bns = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
-    if not bns:
-        return model
-    saved = [layer.momentum for layer in bns]
-    rng = np.random.default_rng(seed)
-    try:
-        for layer in bns:
-            layer.momentum = momentum
-        for _ in range(batches):
-            model(x[rng.choice(len(x), min(batch_size, len(x)), replace=False)], training=True)
-    finally:
-        for layer, m in zip(bns, saved):
-            layer.momentum = m
-    return model
-
-
-def _pair(data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(data, (tuple, list)) or len(data) != 2 or data[1] is None:
-        raise DataError(f"compress: {what} must be (x, y) with labels")
-    return np.asarray(data[0]), np.asarray(data[1])
+def _pair(model: Any, data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) from (x, y), (x, None) or x; missing labels are the model's top-1 predictions."""
+    x, y = data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
+    if x is None or not hasattr(x, "__len__") or len(x) == 0:
+        raise DataError(f"compress: {what} must be images x or (x, y), got nothing usable")
+    x = np.asarray(x)
+    if y is None:
+        y = np.argmax(np.asarray(model.predict(x, batch_size=256, verbose=0)), axis=-1)
+    y = np.asarray(y)
+    if len(y) != len(x):
+        raise DataError(f"compress: {what} has {len(x)} samples but {len(y)} labels")
+    return x, y
 
 
 def _values(v: float | Sequence[float]) -> list[float]:

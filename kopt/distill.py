@@ -26,10 +26,11 @@ log = logging.getLogger("kopt")
 def retrain(student: Any, teacher: Any = None, data: Any = None, epochs: int = 10,
             temperature: float = 4.0, alpha: float = 0.5, validation_split: float = 0.1,
             patience: int = 5, batch_size: int = 64, learning_rate: float = 1e-3,
-            verbose: int = 0, seed: int = 0) -> Any:
+            verbose: int = 0, seed: int = 0, recalibrate: bool = True) -> Any:
     """Train `student` (a Keras 3 model, changed in place and returned) on `data`: (x, y) or
     x alone. With a teacher: distillation (plus cross-entropy on y if given, weight `alpha`);
-    without one: plain fine-tuning on y."""
+    without one: plain fine-tuning on y. BatchNormalization moving statistics are re-estimated
+    on x afterwards (recalibrate_bn), unless recalibrate=False."""
     x, y = data if isinstance(data, tuple) else (data, None)
     if x is None or len(x) == 0:
         raise DataError("retrain needs data: (x, y) or x")
@@ -61,7 +62,7 @@ def retrain(student: Any, teacher: Any = None, data: Any = None, epochs: int = 1
                           callbacks=[stop], verbose=verbose, shuffle=True)
     log.info("retrain: %d epochs, loss %.4f -> %.4f", len(history.history["loss"]),
              history.history["loss"][0], min(history.history["loss"]))
-    return student
+    return recalibrate_bn(student, x, seed=seed) if recalibrate else student
 
 
 def _ends_in_softmax(model: Any) -> bool:
@@ -105,3 +106,27 @@ class DistillLoss(keras.losses.Loss):
     def get_config(self) -> dict:
         return dict(super().get_config(), parts=self.parts, classes=self.classes,
                     probs=self.probs, temperature=self.temperature, alpha=self.alpha)
+
+
+def recalibrate_bn(model: Any, x: np.ndarray, batches: int = 60, batch_size: int = 64,
+                   momentum: float = 0.9, seed: int = 0) -> Any:
+    """Re-estimate BatchNormalization moving statistics with the weights as they now are.
+
+    On a small data set Adam moves the weights faster than BN's moving averages (momentum
+    0.99) follow them, so a model can score 99% in training mode and 15% in inference mode.
+    Forward passes in training mode with a short memory fix that without touching any weight.
+    """
+    bns = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
+    if not bns:
+        return model
+    saved = [layer.momentum for layer in bns]
+    rng = np.random.default_rng(seed)
+    try:
+        for layer in bns:
+            layer.momentum = momentum
+        for _ in range(batches):
+            model(x[rng.choice(len(x), min(batch_size, len(x)), replace=False)], training=True)
+    finally:
+        for layer, m in zip(bns, saved):
+            layer.momentum = m
+    return model

@@ -1,4 +1,9 @@
-"""optimize(): lift, run the exact rules (verified), emit. The input model is never mutated."""
+"""optimize(): lift, run the exact rules (verified), emit. The input model is never mutated.
+
+With data, optimize() runs the approximate flow first (kopt.compress: merge blocks, prune,
+factor Dense layers, each retrained and kept only within max_accuracy_drop), which ends in the
+exact rules too.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ class Optimizer:
         self.backend = backend
         self.report: Report | None = None
         self.graph: Graph | None = None
+        self.steps: list[dict] = []
 
     def optimize_graph(self, g: Graph, reference: Any = None) -> Graph:
         rules = self.rules if self.rules is not None else exact_rules()
@@ -45,18 +51,35 @@ class Optimizer:
         log.info("%s", self.report)
         return self.graph
 
-    def optimize(self, model: Any) -> Any:
-        g = from_keras(model)
-        return to_keras(self.optimize_graph(g, reference=model), backend=self.backend)
+    def optimize(self, model: Any, data: Any = None, validation: Any = None,
+                 max_accuracy_drop: float = 0.005, **compress_options: Any) -> Any:
+        """Exact rules only, or with `data` the whole compression flow (see kopt.compress);
+        then self.steps logs each step (params, MACs, validation accuracy, kept or not)."""
+        if data is None:
+            if compress_options:
+                raise TypeError(f"{sorted(compress_options)} apply only with data=")
+            g = from_keras(model)
+            return to_keras(self.optimize_graph(g, reference=model), backend=self.backend)
+        from kopt.compress import compress
+
+        small, self.steps = compress(model, data, validation, max_accuracy_drop,
+                                     **compress_options)
+        return small if self.backend == "keras" else to_keras(from_keras(small), self.backend)
 
 
-def optimize(model: Any, rules: list[Rule] | None = None, verify: bool = True,
-             tolerance: float = 1e-4, backend: str = "keras") -> Any:
+def optimize(model: Any, data: Any = None, validation: Any = None,
+             max_accuracy_drop: float = 0.005, rules: list[Rule] | None = None,
+             verify: bool = True, tolerance: float = 1e-4, backend: str = "keras",
+             **compress_options: Any) -> Any:
     """A new model computing the same function with fewer layers and less work.
 
-    Exact rules only; the result is checked against `model` on seeded probe inputs and any rule
-    that changes outputs by more than `tolerance` (relative) is rolled back with a warning.
-    Use `Optimizer` to keep the report.
+    Without data: exact rules only; the result is checked against `model` on seeded probe
+    inputs and any rule that changes outputs by more than `tolerance` (relative) is rolled back
+    with a warning. With data=(x, y) (labels optional) and validation=(x, y): the approximate
+    flow, keeping each step only while validation accuracy stays within max_accuracy_drop of
+    the original's (kopt.compress.compress documents the options). Use `Optimizer` to keep the
+    report and the steps.
     """
-    return Optimizer(rules, verify, tolerance, backend).optimize(model)
+    return Optimizer(rules, verify, tolerance, backend).optimize(
+        model, data, validation, max_accuracy_drop, **compress_options)
 

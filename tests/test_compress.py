@@ -7,7 +7,7 @@ import pytest
 from kopt.compress import compress
 from kopt.data import load_digits
 from kopt.frontend import from_keras
-from kopt.pipeline import optimize
+from kopt.pipeline import Optimizer, optimize
 
 L = keras.layers
 
@@ -56,3 +56,41 @@ def test_step_past_the_drop_is_rolled_back(trained):
     x = val[0][:32]
     np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-4)
+
+
+def test_optimize_with_unlabelled_data_runs_the_flow(trained):
+    """kopt.optimize(model, data=x): labels come from the original (agreement), steps logged."""
+    model, (x, _), (xt, _) = trained
+    opt = Optimizer()
+    small = opt.optimize(model, data=x, validation=xt, max_accuracy_drop=0.02, prune_ratio=0.5,
+                         svd_energy=0.9, epochs=1, merge_width=())
+    assert [s["step"] for s in opt.steps][0] == "original" and opt.steps[0]["val_acc"] == 1.0
+    assert opt.steps[-1]["val_acc"] >= 0.98 and small.count_params() < model.count_params()
+    with pytest.raises(TypeError, match="only with data"):
+        optimize(model, prune_ratio=0.5)
+
+
+def test_tree_flow_merges_blocks_one_at_a_time():
+    keras.utils.set_random_seed(0)
+    x, y, xt, yt = load_digits(size=12, seed=0)
+    inp = keras.Input((12, 12, 1))
+    s = L.Conv2D(16, 3, padding="same", activation="relu")(inp)
+    for i in range(2):
+        a = L.Conv2D(16, 1, activation="relu")(s)
+        b = L.Conv2D(16, 1, activation="relu")(s)
+        for _ in range(2):
+            b = L.Conv2D(16, 3, padding="same", activation="relu")(b)
+        c = L.Conv2D(16, 1, activation="relu")(L.AveragePooling2D(3, 1, "same")(s))
+        s = L.Concatenate(name=f"mixed{i}")([a, b, c])
+    h = L.Dense(32, activation="relu")(L.Flatten()(L.MaxPooling2D(2)(s)))
+    model = keras.Model(inp, L.Dense(10, activation="softmax")(h))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    small, steps = compress(model, (x, y), (xt, yt), max_accuracy_drop=0.03, merge_width=0.5,
+                            prune_ratio=(), svd_energy=(), epochs=2)
+    merges = [s for s in steps if s["step"].startswith("merge")]
+    assert [s["step"] for s in merges] == ["merge mixed0 0.5", "merge mixed1 0.5"]
+    assert all(s["kept"] for s in merges), steps
+    assert merges[1]["macs"] < merges[0]["macs"] < steps[0]["macs"]
+    assert not any(layer.__class__.__name__ == "Concatenate" for layer in small.layers)
+    assert steps[-1]["val_acc"] >= steps[0]["val_acc"] - 0.03

@@ -64,3 +64,19 @@ def test_as_batches_rejects_bad_data(plain):
         as_batches([np.zeros(5)])
     with pytest.raises(DataError):
         as_batches(None)
+
+
+def test_splits_do_not_leak():
+    """No validation or test image, nor a shifted twin of one, is in the training split."""
+    s = kopt.digits_splits(size=16, seed=0, validation_fraction=0.15)
+    (x, y), (xv, yv), (xt, yt), (xh, yh) = s
+    _, _, xt_plain, yt_plain = kopt.load_digits(size=16, seed=0)
+    np.testing.assert_array_equal(xt, xt_plain)  # the same test split as load_digits
+    np.testing.assert_array_equal(yh, yt)
+    assert xh.shape == xt.shape and not np.array_equal(xh, xt)
+    assert len(xv) == 5 * 203 and len(x) == 5 * (1347 - 203)  # each with 4 shifted copies
+    train = {a.tobytes() for a in x}
+    assert not any(a.tobytes() in train for a in xv)
+    assert not any(a.tobytes() in train for a in xt)
+    with pytest.raises(DataError, match="validation_fraction"):
+        kopt.digits_splits(validation_fraction=0.0)
