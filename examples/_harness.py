@@ -19,6 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from _tfmot_baseline import gzip_bytes, magnitude_prune
 from kopt.compress import compress
 from kopt.distill import recalibrate_bn
 from kopt.data import digits_splits
@@ -39,6 +40,8 @@ def parse_args(description: str, epochs: int = 4) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="write the measured numbers here")
     p.add_argument("--width", type=int, default=None, help="model width (default: the seed's)")
     p.add_argument("--blocks", type=int, default=None, help="blocks (default: the seed's)")
+    p.add_argument("--details", metavar="PATH", help="write steps, the tfmot row and timings")
+    p.add_argument("--no-tfmot", action="store_true", help="skip the tfmot comparison row")
     return p.parse_args()
 
 
@@ -98,36 +101,78 @@ def run_example(build: Any, args: argparse.Namespace, **compress_options: Any) -
     logging.getLogger("kopt").setLevel(logging.INFO)
     for name in ("kopt.rewrite",):  # keep the per-rule chatter out of the example's output
         logging.getLogger(name).setLevel(logging.WARNING)
+    clock = {"start": time.perf_counter()}
     splits = digits_splits(28, seed=args.seed)
     (x, y), (xt, yt), (xh, yh) = splits.train, splits.test, splits.hard_test
     keras.utils.set_random_seed(args.seed)
     original = train(build(**model_options(args)), (x, y), args.epochs, args.seed)
+    clock["trained"] = time.perf_counter()
     small, steps = compress(original, data=(x, y), validation=splits.validation,
                             epochs=args.retrain_epochs, probes={"hard": (xh, yh)},
                             seed=args.seed, **compress_options)
+    clock["compressed"] = time.perf_counter()
+    tfmot_model, tfmot_info = None, {}
+    if not args.no_tfmot:
+        tfmot_model, tfmot_info = magnitude_prune(original, (x, y), splits.validation,
+                                                  epochs=args.retrain_epochs, seed=args.seed)
+    clock["tfmot"] = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         cal = x[:256]
-        f32 = export_tflite(original, f"{tmp}/float.tflite", quantize=None)
-        i8_before = export_tflite(original, f"{tmp}/before_int8.tflite", cal)
-        i8_after = export_tflite(small, f"{tmp}/after_int8.tflite", cal)
-        runners = {k: LiteRTRunner(r.path, threads=1)
-                   for k, r in (("float", f32), ("int8_before", i8_before),
-                                ("int8_after", i8_after))}
+        exports = {"float": export_tflite(original, f"{tmp}/float.tflite", quantize=None),
+                   "int8_before": export_tflite(original, f"{tmp}/before_int8.tflite", cal),
+                   "int8_after": export_tflite(small, f"{tmp}/after_int8.tflite", cal)}
+        if tfmot_model is not None:
+            exports["tfmot"] = export_tflite(tfmot_model, f"{tmp}/tfmot_int8.tflite", cal)
+        runners = {k: LiteRTRunner(r.path, threads=1) for k, r in exports.items()}
         ms = latencies(runners, n=args.invokes)
         result = dict(params_before=from_keras(original).count_params(),
                       params_after=from_keras(small).count_params(),
                       acc_before=keras_accuracy(original, xt, yt),
                       acc_after=tflite_accuracy(runners["int8_after"], xt, yt),
-                      bytes_float_before=f32.bytes, bytes_keras_before=keras_bytes(original, tmp),
-                      bytes_after=i8_after.bytes, ms_float_before=ms["float"],
+                      bytes_float_before=exports["float"].bytes,
+                      bytes_keras_before=keras_bytes(original, tmp),
+                      bytes_after=exports["int8_after"].bytes, ms_float_before=ms["float"],
                       ms_int8_before=ms["int8_before"], ms_int8_after=ms["int8_after"])
-        hard_int8 = tflite_accuracy(runners["int8_after"], xh, yh)
-    print_steps(steps, hard_int8)
+        rows = {k: dict(bytes=r.bytes, gzip_bytes=gzip_bytes(r.path), ms=ms[k],
+                        acc=tflite_accuracy(runners[k], xt, yt),
+                        acc_hard=tflite_accuracy(runners[k], xh, yh))
+                for k, r in exports.items() if k != "float"}
+    rows["int8_before"]["params"] = result["params_before"]
+    rows["int8_after"]["params"] = result["params_after"]
+    if "tfmot" in rows:
+        rows["tfmot"]["params"] = round(result["params_before"] * (1 - tfmot_info[
+            "measured_sparsity"]))
+    print_steps(steps, rows["int8_after"]["acc_hard"])
     print_table(result)
+    print_comparison(rows, tfmot_info)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({k: result[k] for k in JSON_KEYS}, f, indent=2)
+    if args.details:
+        seconds = {k: round(clock[k] - clock[p], 1) for p, k in
+                   (("start", "trained"), ("trained", "compressed"), ("compressed", "tfmot"))}
+        with open(args.details, "w") as f:
+            json.dump(dict(args=vars(args), result=result, steps=steps, runtimes=rows,
+                           tfmot=tfmot_info, seconds=seconds,
+                           acc_hard_before=keras_accuracy(original, xh, yh)), f, indent=2,
+                      default=str)
     return result
+
+
+def print_comparison(rows: dict[str, dict], tfmot: dict) -> None:
+    """int8 PTQ of the original vs tfmot magnitude pruning + PTQ vs kopt, side by side."""
+    names = {"int8_before": "int8 PTQ of the original",
+             "tfmot": f"tfmot {tfmot.get('measured_sparsity', 0):.0%} sparse + PTQ",
+             "int8_after": "kopt + PTQ"}
+    print(f"\n{'int8 .tflite':<28}{'params':>9}{'bytes':>10}{'gzip':>10}{'ms':>9}"
+          f"{'test acc':>10}{'hard acc':>10}")
+    for key, label in names.items():
+        if key in rows:
+            r = rows[key]
+            print(f"{label:<28}{r['params']:>9}{r['bytes']:>10}{r['gzip_bytes']:>10}"
+                  f"{r['ms']:>9.4f}{100 * r['acc']:>10.2f}{100 * r['acc_hard']:>10.2f}")
+    if tfmot and not tfmot.get("met", True):
+        print("(tfmot: no sparsity tried stayed within the accuracy drop; least aggressive shown)")
 
 
 def print_steps(steps: list[dict], hard_int8: float) -> None:

@@ -17,10 +17,13 @@ def conv_bn_relu(x, filters: int, kernel: int = 3, name: str | None = None):
     return L.ReLU(name=None if name is None else f"{name}_relu")(x)
 
 
-def vgg_like(width: int = 32, dense: int = 128, classes: int = 10) -> keras.Model:
-    """4 conv+BN+ReLU, 2 max-pools, Dense+BN+Dropout, Dense(classes): ~470k params at width 32."""
+def vgg_like(width: int = 32, dense: int = 128, classes: int = 10, blocks: int = 2
+             ) -> keras.Model:
+    """`blocks` x (2 conv+BN+ReLU, max-pool), widths doubling, Dense+BN+Dropout,
+    Dense(classes): 4 convs and ~470k params at the defaults, as in the seed."""
     x = inp = keras.Input((28, 28, 1), name="image")
-    for block, filters in enumerate((width, 2 * width)):
+    for block in range(blocks):
+        filters = width * 2 ** block
         x = conv_bn_relu(x, filters, name=f"b{block}a")
         x = conv_bn_relu(x, filters, name=f"b{block}b")
         x = L.MaxPooling2D(2, name=f"b{block}_pool")(x)
@@ -59,3 +62,23 @@ def tree(width: int = 32, dense: int = 256, classes: int = 10, blocks: int = 2) 
     x = L.Dropout(0.3)(x)
     return keras.Model(inp, L.Dense(classes, activation="softmax", name="predictions")(x),
                        name="tree")
+
+
+def residual(width: int = 32, dense: int = 128, classes: int = 10, blocks: int = 2
+             ) -> keras.Model:
+    """Stem, `blocks` residual blocks (conv-BN-ReLU, conv-BN, + input, ReLU) with max-pools
+    between, Dense classifier: a variant the seed does not have, to show the flow generalises."""
+    x = inp = keras.Input((28, 28, 1), name="image")
+    x = conv_bn_relu(x, width, 3, "stem")
+    for i in range(blocks):
+        h = conv_bn_relu(x, width, 3, f"res{i}a")
+        h = L.Conv2D(width, 3, padding="same", use_bias=False, name=f"res{i}b_conv")(h)
+        h = L.BatchNormalization(name=f"res{i}b_bn")(h)
+        x = L.ReLU(name=f"res{i}_relu")(L.Add(name=f"res{i}_add")([x, h]))
+        if x.shape[1] > 4:
+            x = L.MaxPooling2D(2, name=f"res{i}_pool")(x)
+    x = L.Flatten()(x)
+    x = L.Dense(dense, activation="relu", name="fc1")(x)
+    x = L.Dropout(0.3)(x)
+    return keras.Model(inp, L.Dense(classes, activation="softmax", name="predictions")(x),
+                       name="residual")

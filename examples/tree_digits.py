@@ -1,9 +1,10 @@
-"""The seed's "tree" (inception) model on digits: train, compress (prune the dependency groups,
-Concatenate slices included -> distil -> SVD on the Dense layers -> distil -> exact fusions,
-where the parallel 1x1 convs of each block are fused horizontally), export int8 and compare
-with the float original. Branch merging (one conv for a whole block) is not implemented.
+"""The seed's "tree" (inception) model on digits: train, compress (merge each inception block
+into one narrower ridge-fitted conv, one block at a time, distilling after each -> prune the
+rest -> distil -> SVD on the Dense layers -> distil -> exact fusions), export int8 and compare
+with the float original and with tfmot magnitude pruning.
 
-    python examples/tree_digits.py --seed 0 --epochs 4 --json tree.json
+    python examples/tree_digits.py --seed 0 --json tree.json --details tree_steps.json
+    python examples/tree_digits.py --seed 3 --width 48 --blocks 3     # a variant
 """
 
 import os

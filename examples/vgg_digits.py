@@ -1,7 +1,9 @@
 """The seed's VGG-like model on digits: train, compress (prune -> distil -> SVD -> distil ->
-exact fusions), export int8 and compare with the float original.
+exact fusions), export int8 and compare with the float original and with tfmot magnitude
+pruning.
 
-    python examples/vgg_digits.py --seed 0 --epochs 4 --json vgg.json
+    python examples/vgg_digits.py --seed 0 --json vgg.json --details vgg_steps.json
+    python examples/vgg_digits.py --seed 3 --width 48                 # a variant
 """
 
 import os

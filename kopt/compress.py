@@ -82,11 +82,17 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
         ("svd", _values(svd_energy), lambda e: _svd_rule(e)),
     ]
     for name, values, make in bar(stages, progress, "compress"):
+        tried: set[tuple[int, int]] = set()
         for value in values:
             candidate, why = _rewrite(current, [make(value)], verify=False)
             if candidate is None:
                 log.info("compress: %s %s changed nothing%s", name, value, why)
                 continue
+            shape = (candidate.count_params(), from_keras(candidate).count_macs())
+            if shape in tried:  # channel rounding made two settings the same model
+                log.info("compress: %s %s gives the model already tried", name, value)
+                continue
+            tried.add(shape)
             retrain(candidate, teacher=model, data=(x, y), epochs=epochs, seed=seed)
             step = record(f"{name} {value}", candidate)
             steps.append(step)

@@ -36,6 +36,7 @@ def retrain(student: Any, teacher: Any = None, data: Any = None, epochs: int = 1
         raise DataError("retrain needs data: (x, y) or x")
     if teacher is None and y is None:
         raise DataError("retrain without a teacher needs labels: pass data=(x, y)")
+    keras.utils.set_random_seed(seed)  # shuffling and dropout: the same run gives the same model
     x = np.asarray(x)
     order = np.random.default_rng(seed).permutation(len(x))
     x = x[order]

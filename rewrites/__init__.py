@@ -10,6 +10,7 @@ from rewrites.fuse_horizontal import FuseHorizontal
 from rewrites.fuse_vertical import FuseVertical
 from rewrites.maxpool_to_conv import MaxPoolToConv
 from rewrites.merge_branches import MergeBranches
+from rewrites.merge_inception import MergeInception
 from rewrites.pool_to_conv import PoolToConv
 from rewrites.prune_entropy import PruneEntropy
 from rewrites.remove_identity import RemoveIdentity
@@ -18,8 +19,8 @@ from rewrites.svd_dense import SvdDense
 EXACT = [RemoveIdentity, FoldBatchNorm, MergeBranches, PoolToConv, FuseVertical, FuseHorizontal]
 # Approximate rules need calibration data (constructor arguments) and retraining afterwards.
 # SvdDense runs after the exact fusions: fuse_vertical would multiply its two factors back.
-APPROXIMATE = [MaxPoolToConv, PruneEntropy, SvdDense]
+APPROXIMATE = [MergeInception, MaxPoolToConv, PruneEntropy, SvdDense]
 
 __all__ = ["APPROXIMATE", "EXACT", "FoldBatchNorm", "FuseHorizontal", "FuseVertical",
-           "MaxPoolToConv", "MergeBranches", "PoolToConv", "PruneEntropy", "RemoveIdentity",
-           "SvdDense"]
+           "MaxPoolToConv", "MergeBranches", "MergeInception", "PoolToConv", "PruneEntropy",
+           "RemoveIdentity", "SvdDense"]

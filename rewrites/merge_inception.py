@@ -153,7 +153,7 @@ class MergeInception(Rule):
         if not any(n.op in SPATIAL for n in m.region):
             return "the block has no conv or pool to merge"
         trial = g.copy()
-        keep = self._build(trial, m, None)
+        _, keep = self._build(trial, m, None)
         before, after = g.count_macs(), trial.count_macs()
         if after >= before:
             return (f"one {self._kernel(g, m)}x{self._kernel(g, m)} conv keeping {keep} of "
@@ -164,11 +164,16 @@ class MergeInception(Rule):
     def apply(self, g: Graph, m: Match) -> None:
         x, y = self._activations(g, m)
         k = self._kernel(g, m)
-        kernel, bias = ridge_fit(patches(x, k, self.max_rows, self.seed), y, self.ridge, k)
+        rows = patches(x, k, self.max_rows, self.seed)
+        kernel, bias = ridge_fit(rows, y, self.ridge, k)
+        relu = bool(y.min() >= 0.0)
+        error = fit_error(rows, y, kernel, bias, relu)
         scores = channel_entropy(y.reshape(-1, y.shape[-1]))
-        keep = self._build(g, m, (kernel, bias, bool(y.min() >= 0.0), scores))
-        log.info("merge_inception: %d layers of block '%s' -> one %dx%d conv, %d of %d channels",
-                 len(m.region), m.join.name, k, k, keep, y.shape[-1])
+        name, keep = self._build(g, m, (kernel, bias, relu, scores))
+        g[name].meta["fit_error"] = error
+        log.info("merge_inception: %d layers of block '%s' -> one %dx%d conv keeping %d of %d "
+                 "channels; fit error %.3f (relative, calibration data, before narrowing)",
+                 len(m.region), m.join.name, k, k, keep, y.shape[-1], error)
 
     # ---- pieces ---------------------------------------------------------------------------
     def _kernel(self, g: Graph, m: Match) -> int:
@@ -178,8 +183,8 @@ class MergeInception(Rule):
         return min(channels, max(self.round_to,
                                  math.ceil(channels * self.width / self.round_to) * self.round_to))
 
-    def _build(self, g: Graph, m: Match, fitted: tuple | None) -> int:
-        """Replace the block by the merged conv and narrow it; returns the channels kept.
+    def _build(self, g: Graph, m: Match, fitted: tuple | None) -> tuple[str, int]:
+        """Replace the block by the merged conv and narrow it: (its name, channels kept).
         fitted=None builds zeros of the right shapes (to count MACs before fitting)."""
         k, cin = self._kernel(g, m), g[m.fork].output_shapes[m.port][-1]
         cout = m.join.output_shape[-1]
@@ -198,11 +203,11 @@ class MergeInception(Rule):
         keep = self._keep(cout)
         group = next((gr for gr in channel_groups(g) if name in gr.sources), None)
         if keep >= cout or group is None or not group.prunable:
-            return cout
+            return name, cout
         index = [next(i for s, i in chan if s == name) for chan in group.channels]
         order = np.argsort(-np.asarray(scores)[index], kind="stable")
         prune_group(g, group, np.sort(order[:keep]))
-        return keep
+        return name, keep
 
     def _activations(self, g: Graph, m: Match) -> tuple[np.ndarray, np.ndarray]:
         from kopt.emitter import to_keras
@@ -225,6 +230,16 @@ def patches(x: np.ndarray, k: int, max_rows: int, seed: int) -> tuple[np.ndarray
     b, i, j = np.unravel_index(index, (n, h, w))
     rows = np.stack([pad[b, i + di, j + dj] for di in range(k) for dj in range(k)], axis=1)
     return rows.reshape(len(index), k * k * c), index
+
+
+def fit_error(rows_index: tuple[np.ndarray, np.ndarray], y: np.ndarray, kernel: np.ndarray,
+              bias: np.ndarray, relu: bool) -> float:
+    """|merged conv output - block output| / |block output| at the sampled pixels."""
+    rows, index = rows_index
+    t = y.reshape(-1, y.shape[-1])[index]
+    pred = rows @ kernel.reshape(len(rows[0]), -1) + bias
+    pred = np.maximum(pred, 0.0) if relu else pred
+    return float(np.linalg.norm(pred - t) / max(np.linalg.norm(t), 1e-12))
 
 
 def ridge_fit(rows_index: tuple[np.ndarray, np.ndarray], y: np.ndarray, ridge: float,

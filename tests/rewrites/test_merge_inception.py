@@ -46,6 +46,7 @@ def test_linear_block_is_fitted_exactly(rng):
     merged = [n for n in g if n.op == "Conv2D"]
     assert len(merged) == 1 and merged[0].weights["kernel"].shape == (3, 3, 8, 24)
     assert merged[0].config["activation"] in ("linear", None)  # outputs go negative: no ReLU
+    assert merged[0].meta["fit_error"] < 1e-3
     assert g.count_macs() < from_keras(model).count_macs()
     err = max_relative_error([model.predict(x[:8], verbose=0)],
                              [to_keras(g).predict(x[:8], verbose=0)])
@@ -116,6 +117,7 @@ def test_inception_block_merged_narrower_keeps_accuracy(digits_tree):
     merged = next(n for n in g if n.name.startswith("mixed_merged"))
     assert merged.weights["kernel"].shape == (3, 3, 16, 32)  # 64 channels -> 32
     assert merged.config["activation"] == "relu"
+    assert 0.0 < merged.meta["fit_error"] < 0.6  # non-linear branches: only approximated
     assert g["reader"].weights["kernel"].shape[2] == 32  # the reader lost the dropped inputs
     small = to_keras(g)
     kopt.retrain(small, teacher=model, data=(x, y), epochs=3)
