@@ -15,12 +15,13 @@ from rewrites.pool_to_conv import PoolToConv
 from rewrites.prune_entropy import PruneEntropy
 from rewrites.remove_identity import RemoveIdentity
 from rewrites.svd_dense import SvdDense
+from rewrites.svd_spatial import SvdSpatial
 
 EXACT = [RemoveIdentity, FoldBatchNorm, MergeBranches, PoolToConv, FuseVertical, FuseHorizontal]
 # Approximate rules need calibration data (constructor arguments) and retraining afterwards.
 # SvdDense runs after the exact fusions: fuse_vertical would multiply its two factors back.
-APPROXIMATE = [MergeInception, MaxPoolToConv, PruneEntropy, SvdDense]
+APPROXIMATE = [MergeInception, MaxPoolToConv, PruneEntropy, SvdDense, SvdSpatial]
 
 __all__ = ["APPROXIMATE", "EXACT", "FoldBatchNorm", "FuseHorizontal", "FuseVertical",
            "MaxPoolToConv", "MergeBranches", "MergeInception", "PoolToConv", "PruneEntropy",
-           "RemoveIdentity", "SvdDense"]
+           "RemoveIdentity", "SvdDense", "SvdSpatial"]
