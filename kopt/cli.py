@@ -34,11 +34,37 @@ def _optimize(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, safe_mode=not args.unsafe)
     opt = Optimizer(verify=not args.no_verify, tolerance=args.tolerance)
-    new = opt.optimize(model)
-    print(opt.report)
+    if args.data is None:
+        new = opt.optimize(model)
+        print(opt.report)
+    else:
+        data = _load_xy(args.data)
+        validation = None if args.validation is None else _load_xy(args.validation)
+        new = opt.optimize(model, data, validation, max_accuracy_drop=args.max_drop,
+                           epochs=args.epochs, progress=True)
+        print(f"{'step':<28}{'params':>10}{'MACs':>14}{'val acc':>9}  kept")
+        for step in opt.steps:
+            print(f"{step['step']:<28}{step['params']:>10,}{step['macs']:>14,}"
+                  f"{step['val_acc']:>9.4f}  {'yes' if step['kept'] else 'no'}")
     new.save(args.output)
     print(f"wrote {args.output}")
     return 0
+
+
+def _load_xy(path: str) -> tuple:
+    """(x, y) from a .npz holding 'x' and optionally 'y' (no pickles: safe to load)."""
+    import numpy as np
+
+    from kopt.errors import DataError
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "x" not in f.files:
+                raise DataError(f"{path}: needs an array named 'x' (and optionally 'y'), "
+                                f"found {f.files}")
+            return f["x"], (f["y"] if "y" in f.files else None)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,9 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unsafe", action="store_true",
                    help="load with safe_mode=False (runs code stored in the file: trusted only)")
     p.set_defaults(func=_inspect)
-    p = sub.add_parser("optimize", help="apply the exact rewrites, verify, save")
+    p = sub.add_parser("optimize", help="apply the exact rewrites, verify, save; with --data "
+                       "also merge blocks, prune and factor, retraining each step")
     p.add_argument("model")
     p.add_argument("-o", "--output", required=True, help="output .keras file")
+    p.add_argument("--data", metavar="NPZ", help="training images 'x' (labels 'y' optional): "
+                   "runs the approximate flow")
+    p.add_argument("--validation", metavar="NPZ", help="held-out 'x' (and 'y') deciding what "
+                   "is kept (default: the last 15%% of --data)")
+    p.add_argument("--max-drop", type=float, default=0.005,
+                   help="largest validation accuracy drop allowed (default 0.005)")
+    p.add_argument("--epochs", type=int, default=5, help="distillation epochs per step")
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--tolerance", type=float, default=1e-4)
     p.add_argument("--unsafe", action="store_true")

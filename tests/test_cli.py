@@ -35,3 +35,37 @@ def test_optimize_writes_a_smaller_model(tmp_path, capsys):
 def test_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nope.keras")]) == 2
     assert "no such model file" in capsys.readouterr().err
+
+
+def test_optimize_with_data_compresses_within_the_drop(tmp_path, capsys):
+    import numpy as np
+
+    from kopt.data import load_digits
+
+    x, y, xt, yt = load_digits(size=12, seed=0)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 1))
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inp)
+    h = keras.layers.Dense(32, activation="relu")(keras.layers.Flatten()(
+        keras.layers.MaxPooling2D(2)(h)))
+    model = keras.Model(inp, keras.layers.Dense(10, activation="softmax")(h))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, verbose=0)
+    model.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "train.npz", x=x)  # no labels: agreement with the original decides
+    np.savez(tmp_path / "val.npz", x=xt, y=yt)
+    out_path = tmp_path / "small.keras"
+    assert main(["optimize", str(tmp_path / "m.keras"), "-o", str(out_path), "--data",
+                 str(tmp_path / "train.npz"), "--validation", str(tmp_path / "val.npz"),
+                 "--max-drop", "0.02", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "original" in out and "fuse (exact)" in out
+    small = keras.models.load_model(out_path)
+    assert small.count_params() < model.count_params()
+    acc = np.mean(np.argmax(small.predict(xt, verbose=0), -1) == yt)
+    base = np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt)
+    assert acc >= base - 0.02
+    np.savez(tmp_path / "bad.npz", images=x)
+    assert main(["optimize", str(tmp_path / "m.keras"), "-o", str(out_path), "--data",
+                 str(tmp_path / "bad.npz")]) == 2
+    assert "needs an array named 'x'" in capsys.readouterr().err
