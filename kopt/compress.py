@@ -24,7 +24,7 @@ from kopt.emitter import to_keras
 from kopt.errors import DataError
 from kopt.frontend import from_keras
 from kopt.pipeline import Optimizer
-from kopt.progress import bar
+from kopt.progress import bar, say
 from kopt.rewrite import PassManager, Rule
 from kopt.distill import retrain
 
@@ -67,8 +67,10 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
         step = dict(step=name, params=g.count_params(), macs=g.count_macs(), val_acc=acc,
                     kept=bool(ok))
         step.update({f"acc_{k}": _accuracy(candidate, *v) for k, v in probes.items()})
-        log.info("compress: %-14s params %8d  MACs %10d  val_acc %.4f  %s", name,
-                 step["params"], step["macs"], acc, "kept" if ok else "rolled back")
+        line = (f"compress: {name:<14} params {step['params']:>8}  MACs {step['macs']:>10}  "
+                f"val_acc {acc:.4f}  {'kept' if ok else 'rolled back'}")
+        log.info("%s", line)
+        say(line, progress and not log.isEnabledFor(logging.INFO))
         return step
 
     base_acc = _accuracy(model, xv, yv)

@@ -8,6 +8,7 @@ exact rules too.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from kopt.emitter import to_keras
@@ -62,6 +63,7 @@ class Optimizer:
             return to_keras(self.optimize_graph(g, reference=model), backend=self.backend)
         from kopt.compress import compress
 
+        compress_options.setdefault("progress", sys.stderr.isatty())  # long: show it at a TTY
         small, self.steps = compress(model, data, validation, max_accuracy_drop,
                                      **compress_options)
         return small if self.backend == "keras" else to_keras(from_keras(small), self.backend)

@@ -15,3 +15,13 @@ def bar(items: Iterable[T], enabled: bool = False, desc: str = "", total: int | 
     from tqdm import tqdm
 
     return tqdm(items, desc=desc, total=total, leave=False)
+
+
+def say(message: str, enabled: bool = False) -> None:
+    """Print a result line above any open bar (to stderr) when progress is enabled."""
+    if enabled:
+        import sys
+
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)
