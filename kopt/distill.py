@@ -29,7 +29,8 @@ def retrain(student: Any, teacher: Any = None, data: Any = None, epochs: int = 1
             verbose: int = 0, seed: int = 0, recalibrate: bool = True) -> Any:
     """Train `student` (a Keras 3 model, changed in place and returned) on `data`: (x, y) or
     x alone. With a teacher: distillation (plus cross-entropy on y if given, weight `alpha`);
-    without one: plain fine-tuning on y. BatchNormalization moving statistics are re-estimated
+    without one: plain fine-tuning on y. Adam, its rate cosine-decayed from learning_rate to 0.
+    BatchNormalization moving statistics are re-estimated
     on x afterwards (recalibrate_bn), unless recalibrate=False."""
     x, y = data if isinstance(data, tuple) else (data, None)
     if x is None or len(x) == 0:
@@ -55,7 +56,11 @@ def retrain(student: Any, teacher: Any = None, data: Any = None, epochs: int = 1
         parts.append(("teacher", targets[-1].shape[1]))
     weight = 1.0 if teacher is None else (alpha if y is not None else 0.0)
     loss = DistillLoss(parts, classes, probs, temperature, weight)
-    student.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
+    # the rate decays to 0 over the run (cosine): a rewritten model starts near a good optimum,
+    # and a constant 1e-3 keeps bouncing around it (VGG width 48, prune 0.5: 98.7% vs 99.7%)
+    steps = epochs * -(-int(len(x) * (1 - validation_split)) // batch_size)
+    rate = keras.optimizers.schedules.CosineDecay(learning_rate, max(1, steps))
+    student.compile(optimizer=keras.optimizers.Adam(rate), loss=loss)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss" if validation_split else "loss",
                                          patience=patience, restore_best_weights=True)
     history = student.fit(x, np.concatenate(targets, axis=1), epochs=epochs,
