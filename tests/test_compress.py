@@ -87,7 +87,7 @@ def test_tree_flow_merges_blocks_one_at_a_time():
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x, y, epochs=2, batch_size=64, verbose=0)
     small, steps = compress(model, (x, y), (xt, yt), max_accuracy_drop=0.03, merge_width=0.5,
-                            prune_ratio=(), svd_energy=(), epochs=2)
+                            prune_ratio=(), svd_energy=(), epochs=4)
     merges = [s for s in steps if s["step"].startswith("merge")]
     assert [s["step"] for s in merges] == ["merge mixed0 0.5", "merge mixed1 0.5"]
     assert all(s["kept"] for s in merges), steps
