@@ -29,7 +29,8 @@ def retrain(student: Any, teacher: Any = None, data: Any = None, epochs: int = 1
             verbose: int = 0, seed: int = 0, recalibrate: bool = True) -> Any:
     """Train `student` (a Keras 3 model, changed in place and returned) on `data`: (x, y) or
     x alone. With a teacher: distillation (plus cross-entropy on y if given, weight `alpha`);
-    without one: plain fine-tuning on y. Adam, its rate cosine-decayed from learning_rate to 0.
+    without one: plain fine-tuning on y. Adam, its rate cosine-decayed from learning_rate to 0;
+    Keras' global seeds are set to `seed` so that a run can be repeated.
     BatchNormalization moving statistics are re-estimated
     on x afterwards (recalibrate_bn), unless recalibrate=False."""
     x, y = data if isinstance(data, tuple) else (data, None)
