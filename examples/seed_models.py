@@ -48,6 +48,15 @@ def inception_block(x, widths: tuple[int, int, int, int], name: str):
     return L.Concatenate(name=f"{name}_concat")([b1, b2, b3, b4])
 
 
+def classifier(inp, x, dense: int, classes: int, name: str) -> keras.Model:
+    """Flatten, Dense(dense, relu), Dropout, Dense(classes, softmax): the seed's tree head."""
+    x = L.Flatten()(x)
+    x = L.Dense(dense, activation="relu", name="fc1")(x)
+    x = L.Dropout(0.3)(x)
+    return keras.Model(inp, L.Dense(classes, activation="softmax", name="predictions")(x),
+                       name=name)
+
+
 def tree(width: int = 32, dense: int = 256, classes: int = 10, blocks: int = 2) -> keras.Model:
     """Stem, `blocks` inception blocks with max-pools between, Dense classifier: ~300k params."""
     x = inp = keras.Input((28, 28, 1), name="image")
@@ -57,11 +66,7 @@ def tree(width: int = 32, dense: int = 256, classes: int = 10, blocks: int = 2) 
         x = inception_block(x, (width, width, 3 * width // 4, 3 * width // 4), f"mixed{i}")
         if i < blocks - 1 or x.shape[1] > 4:
             x = L.MaxPooling2D(2, name=f"mixed{i}_pool")(x)
-    x = L.Flatten()(x)
-    x = L.Dense(dense, activation="relu", name="fc1")(x)
-    x = L.Dropout(0.3)(x)
-    return keras.Model(inp, L.Dense(classes, activation="softmax", name="predictions")(x),
-                       name="tree")
+    return classifier(inp, x, dense, classes, "tree")
 
 
 def residual(width: int = 32, dense: int = 128, classes: int = 10, blocks: int = 2
@@ -77,8 +82,4 @@ def residual(width: int = 32, dense: int = 128, classes: int = 10, blocks: int =
         x = L.ReLU(name=f"res{i}_relu")(L.Add(name=f"res{i}_add")([x, h]))
         if x.shape[1] > 4:
             x = L.MaxPooling2D(2, name=f"res{i}_pool")(x)
-    x = L.Flatten()(x)
-    x = L.Dense(dense, activation="relu", name="fc1")(x)
-    x = L.Dropout(0.3)(x)
-    return keras.Model(inp, L.Dense(classes, activation="softmax", name="predictions")(x),
-                       name="residual")
+    return classifier(inp, x, dense, classes, "residual")
