@@ -20,11 +20,11 @@ import keras
 import numpy as np
 
 from _tfmot_baseline import gzip_bytes, magnitude_prune
-from kopt.compress import compress
-from kopt.distill import recalibrate_bn
-from kopt.data import digits_splits
-from kopt.export import LiteRTRunner, export_tflite
-from kopt.frontend import from_keras
+from kopt.flows.compress import compress
+from kopt.flows.distill import recalibrate_bn
+from kopt.flows.data import digits_splits
+from kopt.runtime import LiteRTRunner, export_tflite
+from kopt.keras_io import from_keras
 
 JSON_KEYS = ("params_before", "params_after", "acc_before", "acc_after", "bytes_float_before",
              "bytes_keras_before", "bytes_after", "ms_float_before", "ms_int8_before",
@@ -52,7 +52,7 @@ def model_options(args: argparse.Namespace) -> dict:
 
 def train(model: Any, data: tuple, epochs: int, seed: int = 0, batch_size: int = 64) -> Any:
     """Fit `model` (in place, returned) with Adam on (x, y) integer labels, seeds fixed; BN
-    moving statistics are re-estimated at the end (see kopt.distill.recalibrate_bn)."""
+    moving statistics are re-estimated at the end (see kopt.flows.distill.recalibrate_bn)."""
     keras.utils.set_random_seed(seed)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
@@ -98,9 +98,9 @@ def keras_accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
 def run_example(build: Any, args: argparse.Namespace, **compress_options: Any) -> dict:
     """Train build() on digits, compress it, export and measure; print the tables; --json."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("kopt").setLevel(logging.INFO)
-    for name in ("kopt.rewrite",):  # keep the per-rule chatter out of the example's output
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("kopt", "rewrites"):  # the flow's steps and the rules' fit errors
+        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("kopt.rewriting.manager").setLevel(logging.WARNING)  # per-match chatter
     clock = {"start": time.perf_counter()}
     splits = digits_splits(28, seed=args.seed)
     (x, y), (xt, yt), (xh, yh) = splits.train, splits.test, splits.hard_test

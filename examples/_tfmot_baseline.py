@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from kopt.distill import recalibrate_bn
-from kopt.emitter import to_keras
-from kopt.frontend import from_keras
+from kopt.flows.distill import recalibrate_bn
+from kopt.keras_io import to_keras
+from kopt.keras_io import from_keras
 
 PRUNED_LAYERS = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv1D",
                  "SeparableConv2D", "Conv2DTranspose", "Dense")
@@ -113,7 +113,8 @@ def gzip_bytes(path: str | os.PathLike) -> int:
 
 def _tfmot() -> Any:
     """Import tfmot without leaving TF_USE_LEGACY_KERAS=1 behind: it sets the variable
-    process-wide, which would turn tf.keras into tf_keras for the caller (as kopt.export does)."""
+    process-wide, which would turn tf.keras into tf_keras for the caller (kopt.runtime.convert
+    does the same)."""
     saved = os.environ.get("TF_USE_LEGACY_KERAS")
     import tensorflow_model_optimization as tfmot
 

@@ -6,12 +6,13 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from kopt.frontend import from_keras, load_model
+    from kopt.keras_io import from_keras, load_model
 
     g = from_keras(load_model(args.model, safe_mode=not args.unsafe))
     rows = g.summary_rows()
@@ -29,8 +30,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _optimize(args: argparse.Namespace) -> int:
-    from kopt.frontend import load_model
-    from kopt.pipeline import Optimizer
+    from kopt.api import Optimizer
+    from kopt.keras_io import load_model
 
     model = load_model(args.model, safe_mode=not args.unsafe)
     opt = Optimizer(verify=not args.no_verify, tolerance=args.tolerance)
@@ -70,10 +71,13 @@ def _load_xy(path: str) -> tuple:
 def main(argv: list[str] | None = None) -> int:
     from kopt.errors import KoptError
 
+    from kopt import __version__
+
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("report", "export"):
         return _delegate(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="kopt", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"kopt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every rewrite")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect", help="per-node table: op, shape, params, MACs, category")
@@ -113,16 +117,95 @@ def _delegate(command: str, argv: list[str]) -> int:
 
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
     try:
-        if command == "report":
-            from kopt.timing import cli_report
-
-            return cli_report(argv)
-        from kopt.export import cli_export
-
-        return cli_export(argv)
+        return _report(argv) if command == "report" else _export(argv)
     except KoptError as err:
         print(f"kopt: error: {err}", file=sys.stderr)
         return 2
+
+
+def _export(argv: list[str]) -> int:
+    """`kopt export MODEL -o OUT [--format tflite|onnx] [--quantize int8|float16|none]`."""
+    p = argparse.ArgumentParser(prog="kopt export", description=_export.__doc__)
+    p.add_argument("model", help=".keras or .h5 file")
+    p.add_argument("-o", "--output", required=True, help=".tflite or .onnx file")
+    p.add_argument("--format", choices=("tflite", "onnx"), default=None,
+                   help="default: from the output's extension")
+    p.add_argument("--quantize", choices=("int8", "float16", "none"), default="int8")
+    p.add_argument("--float-io", action="store_true", help="int8 model with float input/output")
+    p.add_argument("--data", help=".npy/.npz representative data (npz: key 'x')")
+    p.add_argument("--digits", action="store_true", help="use sklearn digits as data")
+    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--unsafe", action="store_true", help="load with safe_mode=False")
+    args = p.parse_args(argv)
+    from kopt.flows.data import load_digits_like
+    from kopt.keras_io import load_model
+    from kopt.runtime import export_onnx, export_tflite
+
+    model = load_model(args.model, safe_mode=not args.unsafe)
+    fmt = args.format or ("onnx" if args.output.endswith(".onnx") else "tflite")
+    if fmt == "onnx":
+        print(export_onnx(model, args.output, verify=not args.no_verify).summary())
+        return 0
+    data = load_digits_like(model)[0] if args.digits else load_array(args.data)
+    quantize = None if args.quantize == "none" else args.quantize
+    result = export_tflite(model, args.output, representative_data=data, quantize=quantize,
+                           int8_io=not args.float_io, verify=not args.no_verify)
+    print(result.summary())
+    return 0
+
+
+def load_array(path: str | None) -> Any:
+    """x from a .npy file or a .npz file (key 'x', else its first array); None for None."""
+    import numpy as np
+
+    if path is None:
+        return None
+    data = np.load(path)
+    if isinstance(data, np.lib.npyio.NpzFile):
+        return data["x"] if "x" in data.files else data[data.files[0]]
+    return data
+
+
+def _report(argv: list[str]) -> int:
+    """`kopt report MODEL [--runtime R] [--compare OTHER] [--json F] [--csv F] [--plot F]`."""
+    p = argparse.ArgumentParser(prog="kopt report", description=_report.__doc__)
+    p.add_argument("model", help=".keras or .h5 file")
+    p.add_argument("--runtime", choices=("keras", "litert", "litert-int8", "all"),
+                   default="keras")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=None, help="default: ~0.1 s of runs per part")
+    p.add_argument("--top", type=int, default=None, help="show only the N slowest layers")
+    p.add_argument("--compare", help="a second model (e.g. the optimized one) to compare with")
+    p.add_argument("--json", help="write the report as JSON (suffixed per runtime for 'all')")
+    p.add_argument("--csv")
+    p.add_argument("--plot", help="PNG file")
+    p.add_argument("--unsafe", action="store_true", help="load with safe_mode=False")
+    args = p.parse_args(argv)
+    from kopt.keras_io import load_model
+    from kopt.runtime.timing import RUNTIMES, compare_reports, timing_report
+
+    model = load_model(args.model, safe_mode=not args.unsafe)
+    other = load_model(args.compare, safe_mode=not args.unsafe) if args.compare else None
+    runtimes = RUNTIMES if args.runtime == "all" else (args.runtime,)
+    for rt in runtimes:
+        kw = dict(runtime=rt, batch_size=args.batch_size, threads=args.threads, runs=args.runs,
+                  progress=True)
+        rep = timing_report(model, **kw)
+        out: Any = rep
+        if other is not None:
+            out = compare_reports(rep, timing_report(other, **kw))
+        print(out.table() if other is not None else rep.table(args.top))
+        for opt, method in (("json", "to_json"), ("csv", "to_csv"), ("plot", "plot")):
+            target = getattr(args, opt)
+            if target and hasattr(out, method):
+                getattr(out, method)(_suffixed(target, rt, len(runtimes) > 1))
+    return 0
+
+
+def _suffixed(path: str, runtime: str, many: bool) -> str:
+    root, ext = os.path.splitext(path)
+    return f"{root}_{runtime}{ext}" if many else path
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from kopt.rewrite import max_relative_error, predict_outputs
+from kopt.keras_io.probes import predict_outputs
+from kopt.rewriting.verify import max_relative_error
 
 
 def randomize_weights(model: Any, seed: int = 0, all_weights: bool = False) -> Any:

@@ -1,27 +1,34 @@
-"""The rule registry: EXACT rules and APPROXIMATE rules, in their default order.
+"""The rules, one module each. Importing this package imports every module in it, and each
+rule registers itself (`@kopt.rewriting.register(exact=..., after=...)`), so a new rule is one
+new file here (plus its test) and nothing else edited.
 
-Order matters: identities go first (they hide BN/activation pairs), BN folding before
-activation fusion (conv-BN-ReLU must fold the BN before the ReLU can join the conv), and
-horizontal fusion last, once parallel convs carry their activations.
+The default order comes from the rules' constraints (kopt.rewriting.registry):
+remove_identity -> fold_batchnorm -> merge_branches, pool_to_conv -> fuse_vertical ->
+fuse_horizontal for the exact rules. Identities go first (they hide BN/activation pairs), BN
+folding comes before activation fusion (conv-BN-ReLU must fold the BN before the ReLU can join
+the conv), and horizontal fusion comes last, once parallel convs carry their activations.
+Approximate rules need calibration data (constructor arguments) and retraining afterwards; the
+flows in kopt.flows choose their settings. Modules whose names start with "_" hold helpers
+shared by several rules.
 """
 
-from rewrites.fold_batchnorm import FoldBatchNorm
-from rewrites.fuse_horizontal import FuseHorizontal
-from rewrites.fuse_vertical import FuseVertical
-from rewrites.maxpool_to_conv import MaxPoolToConv
-from rewrites.merge_branches import MergeBranches
-from rewrites.merge_inception import MergeInception
-from rewrites.pool_to_conv import PoolToConv
-from rewrites.prune_entropy import PruneEntropy
-from rewrites.remove_identity import RemoveIdentity
-from rewrites.svd_dense import SvdDense
-from rewrites.svd_spatial import SvdSpatial
+import importlib
+import pkgutil
 
-EXACT = [RemoveIdentity, FoldBatchNorm, MergeBranches, PoolToConv, FuseVertical, FuseHorizontal]
-# Approximate rules need calibration data (constructor arguments) and retraining afterwards.
-# SvdDense runs after the exact fusions: fuse_vertical would multiply its two factors back.
-APPROXIMATE = [MergeInception, MaxPoolToConv, PruneEntropy, SvdDense, SvdSpatial]
+from kopt.rewriting import Rule, registered
 
-__all__ = ["APPROXIMATE", "EXACT", "FoldBatchNorm", "FuseHorizontal", "FuseVertical",
-           "MaxPoolToConv", "MergeBranches", "MergeInception", "PoolToConv", "PruneEntropy",
-           "RemoveIdentity", "SvdDense", "SvdSpatial"]
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def exact_rules() -> list[Rule]:
+    """Fresh instances of the registered exact rules, in their default order."""
+    return [cls() for cls in registered(exact=True)]
+
+
+EXACT = registered(exact=True)
+APPROXIMATE = registered(exact=False)
+
+globals().update({cls.__name__: cls for cls in EXACT + APPROXIMATE})
+__all__ = ["APPROXIMATE", "EXACT", "exact_rules"] + sorted(c.__name__ for c in EXACT + APPROXIMATE)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kopt.ir import Graph, Node
-from kopt.rewrite import Match, Rule
+from kopt.rewriting import Match, Rule, register
 from rewrites._linear import (
     FOLDS_INTO,
     INPUT_FOLDS,
@@ -32,10 +32,9 @@ from rewrites._linear import (
 )
 
 
+@register(exact=True, after=("remove_identity",))
 class FoldBatchNorm(Rule):
     """BN after (or, where exact, before) a conv / dense disappears into its weights."""
-
-    exact = True
 
     def matches(self, g: Graph) -> Iterator[Match]:
         for bn in g.nodes_of("BatchNormalization"):
@@ -53,8 +52,6 @@ class FoldBatchNorm(Rule):
         lin, bn = m.lin, m.bn
         if lin is None or lin.op not in FOLDS_INTO:
             return "BN is not next to a conv or dense layer"
-        if g.is_shared(bn) or g.is_shared(lin):
-            return "shared layer: changing it would change its other calls"
         if bn.call is not None and bn.call[1].get("training"):
             return "BN is called with training=True"
         if not bn_axis_is_last(g, bn) or not channels_last(lin):

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from kopt.ir import Graph, Node
-from kopt.rewrite import Match, Rule
+from kopt.rewriting import Match, Rule, register
 from rewrites._conv import channels_last, derive, kernel_bias, pair, reads_only
 
 OPS = {"Conv2D", "Dense"}
@@ -42,8 +42,8 @@ def _difference(a: Node, b: Node) -> str | None:
     return None
 
 
+@register(exact=True, after=("fuse_vertical",))
 class FuseHorizontal(Rule):
-    exact = True
 
     def matches(self, g: Graph) -> Iterator[Match]:
         covered: set[str] = set()
@@ -91,8 +91,6 @@ class FuseHorizontal(Rule):
         if m.concat.config.get("axis", -1) not in (-1, rank - 1):
             return "Concatenate is not on the channel axis"
         for node in m.convs:
-            if g.is_shared(node):
-                return f"'{node.name}' is a shared layer"
             if not channels_last(node):
                 return f"'{node.name}' is channels_first"
             if node.config.get("groups", 1) != 1:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from kopt.ir import Graph, Node
-from kopt.rewrite import Match, Rule
+from kopt.rewriting import Match, Rule, register
 from rewrites._linear import CONV, DEPTHWISE, FOLDS_INTO, SEPARABLE, channels_last
 
 FUSABLE = {"relu", "relu6", "sigmoid", "tanh", "swish", "silu", "gelu", "elu", "selu",
@@ -29,10 +29,9 @@ PADDED = CONV | DEPTHWISE | SEPARABLE
 PADDINGS = {"ZeroPadding1D": 1, "ZeroPadding2D": 2, "ZeroPadding3D": 3}
 
 
+@register(exact=True, after=("merge_branches", "pool_to_conv"))
 class FuseVertical(Rule):
     """Activation into op, linear op into linear op, explicit padding into "same"."""
-
-    exact = True
 
     def matches(self, g: Graph) -> Iterator[Match]:
         for node in g.nodes_of("ReLU", "Activation"):
@@ -50,8 +49,6 @@ class FuseVertical(Rule):
     def reject(self, g: Graph, m: Match) -> str | None:
         if m.first is None:
             return f"{m.second.op} does not read a single op"
-        if g.is_shared(m.first) or g.is_shared(m.second):
-            return "shared layer: changing it would change its other calls"
         if g.only_consumer(m.first.name) is not m.second:
             return f"{m.first.op} output is also read elsewhere"
         return {"activation": _reject_activation, "linear": _reject_pair,

@@ -13,13 +13,12 @@ import keras
 import numpy as np
 
 from kopt.ir import Graph, Node
-from kopt.rewrite import Match, Rule
+from kopt.rewriting import Match, Rule, register
 
 
+@register(exact=False)
 class MaxPoolToConv(Rule):
     """MaxPooling2D(pool, strides, padding) -> DepthwiseConv2D(pool, strides, padding)."""
-
-    exact = False
 
     def matches(self, g: Graph):
         for node in g.nodes_of("MaxPooling2D"):
@@ -27,8 +26,6 @@ class MaxPoolToConv(Rule):
 
     def reject(self, g: Graph, m: Match) -> str | None:
         pool = m.pool
-        if g.is_shared(pool):
-            return "layer is shared (called more than once)"
         if pool.config.get("data_format", "channels_last") not in (None, "channels_last"):
             return "channels_first pooling is not supported"
         shapes = g.input_shapes(pool.name)

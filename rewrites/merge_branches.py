@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from kopt.ir import Graph, Node
-from kopt.rewrite import Match, Rule
+from kopt.rewriting import Match, Rule, register
 from rewrites._conv import centre_pad, channels_last, derive, kernel_bias, pair, reads_only
 from rewrites._linear import bn_affine, bn_axis_is_last
 
@@ -64,8 +64,6 @@ def _conv_problem(conv: Node) -> str | None:
 
 
 def _node_problem(g: Graph, node: Node, reader: Node) -> str | None:
-    if g.is_shared(node):
-        return f"'{node.name}' is a shared layer"
     if not reads_only(g, node, reader):
         return f"output of '{node.name}' is also read elsewhere"
     if node.op == "Conv2D":
@@ -73,8 +71,8 @@ def _node_problem(g: Graph, node: Node, reader: Node) -> str | None:
     return None if bn_axis_is_last(g, node) else f"BN '{node.name}' is not on the channel axis"
 
 
+@register(exact=True, after=("fold_batchnorm",))
 class MergeBranches(Rule):
-    exact = True
 
     def matches(self, g: Graph) -> Iterator[Match]:
         for add in g.nodes_of("Add"):

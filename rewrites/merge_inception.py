@@ -26,14 +26,15 @@ import keras
 import networkx as nx
 import numpy as np
 
-from kopt.data import as_batches, take
+from kopt.keras_io.batches import as_batches, take
+from kopt.keras_io.probes import tensor_values
 from kopt.ir import Graph, Node
-from kopt.pruning_groups import channel_groups, prune_group
-from kopt.rewrite import Match, Rule
+from kopt.ir.channels import channel_groups, prune_group
+from kopt.rewriting import Match, Rule, register
 from rewrites._conv import pair
-from rewrites.prune_entropy import channel_entropy
+from rewrites._activations import channel_entropy
 
-log = logging.getLogger("kopt")
+log = logging.getLogger(__name__)
 
 JOINS = {"Concatenate", "Add"}
 SPATIAL = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "MaxPooling2D", "AveragePooling2D"}
@@ -81,8 +82,6 @@ def receptive_field(g: Graph, region: list[Node], fork: str) -> int:
 def _problem(g: Graph, node: Node, region: set[str], fork: str, hw: tuple) -> str | None:
     if node.op not in SPATIAL | POINTWISE:
         return f"'{node.name}' ({node.op}) is not a stride-1 spatial or pointwise op"
-    if g.is_shared(node):
-        return f"'{node.name}' is a shared layer"
     if node.op == "Activation" and node.activation == "softmax":
         return f"'{node.name}' is a softmax"
     cfg = node.config
@@ -103,6 +102,7 @@ def _problem(g: Graph, node: Node, region: set[str], fork: str, hw: tuple) -> st
     return None
 
 
+@register(exact=False)
 class MergeInception(Rule):
     """Replace each dominated Concatenate/Add block by one conv of `width` x its channels.
 
@@ -111,8 +111,6 @@ class MergeInception(Rule):
     is used when smaller); ridge: L2 strength relative to the mean input energy; only: a join
     name, to merge one block at a time.
     """
-
-    exact = False
 
     def __init__(self, data: Any = None, width: float = 0.5, kernel_size: int = 3,
                  ridge: float = 1e-3, round_to: int = 8, only: str | None = None,
@@ -210,14 +208,8 @@ class MergeInception(Rule):
         return name, keep
 
     def _activations(self, g: Graph, m: Match) -> tuple[np.ndarray, np.ndarray]:
-        from kopt.emitter import to_keras
-
-        model = to_keras(g)
-        fork = model.get_layer(m.fork).output
-        fork = fork[m.port] if isinstance(fork, (list, tuple)) else fork
-        probe = keras.Model(model.inputs, [fork, model.get_layer(m.join.name).output])
-        x, y = probe.predict(self.data, batch_size=64, verbose=0)
-        return np.asarray(x, np.float32), np.asarray(y, np.float32)
+        x, y = tensor_values(g, [(m.fork, m.port), (m.join.name, 0)], self.data)
+        return x, y
 
 
 def patches(x: np.ndarray, k: int, max_rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from kopt.ir import Graph, Node
-from kopt.rewrite import Match, Rule
+from kopt.rewriting import Match, Rule, register
 from rewrites._conv import channels_last, derive, kernel_bias, pair
 
 POOL = "AveragePooling2D"
@@ -47,8 +47,8 @@ def _fold_macs(g: Graph, pool: Node, conv: Node) -> tuple[int, int]:
     return pixels * (k * c + c * o), pixels * k * c * o
 
 
+@register(exact=True, after=("fold_batchnorm",))
 class PoolToConv(Rule):
-    exact = True
 
     def __init__(self, standalone: bool = False, max_mac_growth: float = 1.0):
         self.standalone = standalone
@@ -65,8 +65,6 @@ class PoolToConv(Rule):
             yield Match(pool=pool, conv=None)
 
     def reject(self, g: Graph, m: Match) -> str | None:
-        if g.is_shared(m.pool):
-            return f"'{m.pool.name}' is a shared layer"
         if m.pool.config.get("padding", "valid") != "valid":
             return "padding='same': border windows average fewer cells (not exact)"
         if not channels_last(m.pool):
@@ -75,8 +73,6 @@ class PoolToConv(Rule):
             return None if self.standalone else (
                 "a standalone avg-pool as depthwise conv adds MACs (enable with standalone=True)")
         conv = m.conv
-        if g.is_shared(conv):
-            return f"'{conv.name}' is a shared layer"
         if pair(conv.config.get("strides", (1, 1))) != (1, 1):
             return f"1x1 conv '{conv.name}' has strides {pair(conv.config['strides'])}"
         if conv.config.get("groups", 1) != 1 or not channels_last(conv):

@@ -19,23 +19,25 @@ from typing import Any
 
 import numpy as np
 
-from kopt.data import as_batches, take
+from kopt.keras_io.batches import as_batches, take
+from kopt.keras_io.emitter import to_keras
+from kopt.keras_io.probes import predict_outputs, tensor_values
 from kopt.ir import Graph, Node
-from kopt.pruning_groups import Group, channel_groups, prune_group
-from kopt.rewrite import Match, PassManager, Rule, max_relative_error
+from kopt.ir.channels import Group, channel_groups, prune_group
+from kopt.rewriting import Match, PassManager, Rule, max_relative_error, register
+from rewrites._activations import channel_entropy
 
-log = logging.getLogger("kopt")
+log = logging.getLogger(__name__)
 
 CRITERIA = ("entropy", "l1", "bn_gamma")
 FOLLOWERS = {"BatchNormalization", "ReLU", "LeakyReLU", "ELU", "Activation"}
 PRUNED = "pruned"  # marks sources already pruned, so the rule reaches a fixed point
 
 
+@register(exact=False, after=("merge_inception",))
 class PruneEntropy(Rule):
     """Remove `ratio` of the channels of every prunable group (a float, or a dict from a group's
     first source name to its own ratio, as sensitivity() returns)."""
-
-    exact = False
 
     def __init__(self, data: Any = None, ratio: float | dict[str, float] = 0.5,
                  criterion: str = "entropy", round_to: int = 8, min_channels: int = 8,
@@ -116,32 +118,8 @@ def _activated(g: Graph, node: Node) -> Node:
 
 
 def _entropies(g: Graph, sources: list[str], data: np.ndarray, bins: int) -> dict:
-    import keras
-
-    from kopt.emitter import to_keras
-
-    model = to_keras(g)
-    taps = [_activated(g, g[s]).name for s in sources]
-    probe = keras.Model(model.inputs, [model.get_layer(t).output for t in taps])
-    outs = probe.predict(data, batch_size=64, verbose=0)
-    outs = outs if isinstance(outs, (list, tuple)) else [outs]
-    return {s: channel_entropy(np.asarray(o), bins) for s, o in zip(sources, outs, strict=True)}
-
-
-def channel_entropy(acts: np.ndarray, bins: int = 32, max_rows: int = 20_000) -> np.ndarray:
-    """Shannon entropy (nats) of each channel's histogram over its own range."""
-    flat = acts.reshape(-1, acts.shape[-1])
-    if len(flat) > max_rows:
-        flat = flat[np.random.default_rng(0).choice(len(flat), max_rows, replace=False)]
-    lo, hi = flat.min(axis=0), flat.max(axis=0)
-    span = np.where(hi - lo > 1e-12 * np.maximum(1.0, np.abs(hi)), hi - lo, np.inf)
-    idx = np.clip(((flat - lo) / span * bins).astype(int), 0, bins - 1)
-    out = np.zeros(flat.shape[1])
-    for c in range(flat.shape[1]):
-        p = np.bincount(idx[:, c], minlength=bins) / len(flat)
-        p = p[p > 0]
-        out[c] = float(-(p * np.log(p)).sum())
-    return out
+    outs = tensor_values(g, [(_activated(g, g[s]).name, 0) for s in sources], data)
+    return {s: channel_entropy(o, bins) for s, o in zip(sources, outs, strict=True)}
 
 
 def prune(g: Graph, data: Any = None, **options: Any) -> tuple[Graph, dict]:
@@ -157,25 +135,17 @@ def prune(g: Graph, data: Any = None, **options: Any) -> tuple[Graph, dict]:
 
 def measure(before: Graph, after: Graph, data: np.ndarray | None = None) -> dict:
     """Params and MACs before -> after, and the max relative output error on `data`."""
-    from kopt.emitter import to_keras
-
     error = None
     if data is not None:
-        error = max_relative_error(_outputs(to_keras(before), data),
-                                   _outputs(to_keras(after), data))
+        error = max_relative_error(predict_outputs(to_keras(before), data, batch_size=128),
+                                   predict_outputs(to_keras(after), data, batch_size=128))
     return dict(params=(before.count_params(), after.count_params()),
                 macs=(before.count_macs(), after.count_macs()), error=error)
 
 
-def _outputs(model: Any, x: np.ndarray) -> list[np.ndarray]:
-    out = model.predict(x, batch_size=128, verbose=0)
-    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
-
-
 def accuracy(g: Graph, x: np.ndarray, y: np.ndarray) -> float:
-    from kopt.emitter import to_keras
-
-    return float(np.mean(np.argmax(_outputs(to_keras(g), x)[0], axis=-1) == np.asarray(y)))
+    scores = predict_outputs(to_keras(g), x, batch_size=128)[0]
+    return float(np.mean(np.argmax(scores, axis=-1) == np.asarray(y)))
 
 
 def sensitivity(g: Graph, data: Any, labels: np.ndarray,

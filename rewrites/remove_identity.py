@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kopt.ir import Graph, Node
-from kopt.rewrite import Match, Rule
+from kopt.rewriting import Match, Rule, register
 
 TRAINING_ONLY = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
                  "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
@@ -20,10 +20,11 @@ TRAINING_ONLY = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDrop
 """Ops whose inference output is their input."""
 
 
+@register(exact=True)
 class RemoveIdentity(Rule):
     """Inference no-ops are bypassed."""
 
-    exact = True
+    changes_shared = True  # removing one call of a weightless layer leaves the others
 
     def matches(self, g: Graph) -> Iterator[Match]:
         for node in g.nodes_of(*TRAINING_ONLY, "Activation", "Reshape"):

@@ -14,16 +14,15 @@ import logging
 import numpy as np
 
 from kopt.ir import Graph, Node
-from kopt.rewrite import Match, Rule
+from kopt.rewriting import Match, Rule, register
 
-log = logging.getLogger("kopt")
+log = logging.getLogger(__name__)
 
 
+@register(exact=False, after=("fuse_vertical", "prune_entropy"))
 class SvdDense(Rule):
     """Factor each Dense / 1x1 Conv2D whose kernel keeps `energy` of its spectrum in rank r
     (or, with `ratio`, the rank that keeps that fraction of its parameters)."""
-
-    exact = False
 
     def __init__(self, energy: float = 0.9, ratio: float | None = None, min_size: int = 64):
         self.energy, self.ratio, self.min_size = energy, ratio, min_size
@@ -35,8 +34,6 @@ class SvdDense(Rule):
     def reject(self, g: Graph, m: Match) -> str | None:
         node = m.node
         kernel = node.weights.get("kernel")
-        if g.is_shared(node):
-            return "layer is shared (called more than once)"
         if kernel is None:
             return "no kernel weights"
         if node.op == "Conv2D" and (tuple(kernel.shape[:2]) != (1, 1)

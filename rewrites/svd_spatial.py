@@ -14,18 +14,17 @@ import logging
 import numpy as np
 
 from kopt.ir import Graph, Node
-from kopt.rewrite import Match, Rule
+from kopt.rewriting import Match, Rule, register
 from rewrites._conv import channels_last, derive, kernel_bias, pair
 
-log = logging.getLogger("kopt")
+log = logging.getLogger(__name__)
 
 
+@register(exact=False, after=("prune_entropy",))
 class SvdSpatial(Rule):
     """Factor each k x k Conv2D (kh, kw > 1) whose unfolded kernel keeps `energy` of its
     spectrum in rank r (or, with `ratio`, the rank that keeps that fraction of its weights) into
     a (kh, 1) conv with r filters followed by a (1, kw) conv."""
-
-    exact = False
 
     def __init__(self, energy: float = 0.9, ratio: float | None = None, min_size: int = 64):
         self.energy, self.ratio, self.min_size = energy, ratio, min_size
@@ -37,8 +36,6 @@ class SvdSpatial(Rule):
     def reject(self, g: Graph, m: Match) -> str | None:
         node, cfg = m.node, m.node.config
         kernel = node.weights.get("kernel")
-        if g.is_shared(node):
-            return "layer is shared (called more than once)"
         if kernel is None or kernel.ndim != 4:
             return "no 4-d kernel weights"
         kh, kw, c, n = kernel.shape

@@ -40,7 +40,7 @@ def test_missing_file_is_a_clear_error(tmp_path, capsys):
 def test_optimize_with_data_compresses_within_the_drop(tmp_path, capsys):
     import numpy as np
 
-    from kopt.data import load_digits
+    from kopt.flows.data import load_digits
 
     x, y, xt, yt = load_digits(size=12, seed=0)
     keras.utils.set_random_seed(0)

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from kopt.compress import compress
-from kopt.data import load_digits
-from kopt.frontend import from_keras
-from kopt.pipeline import Optimizer, optimize
+from kopt.flows.compress import compress
+from kopt.flows.data import load_digits
+from kopt.keras_io import from_keras
+from kopt.api import Optimizer, optimize
 
 L = keras.layers
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import kopt
-from kopt.data import as_batches, take
+from kopt.keras_io.batches import as_batches, take
 from kopt.errors import DataError
 
 

@@ -6,7 +6,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from kopt.errors import DataError  # noqa: E402
-from kopt.export import LiteRTRunner, export_onnx, export_tflite  # noqa: E402
+from kopt.runtime import LiteRTRunner, export_onnx, export_tflite  # noqa: E402
 from kopt.testing import randomize_weights  # noqa: E402
 
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kopt
-from kopt.rewrite import max_relative_error
+from kopt.rewriting import max_relative_error
 from kopt.testing import model_inputs, outputs, randomize_weights
 
 L = keras.layers

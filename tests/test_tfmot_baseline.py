@@ -10,8 +10,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "examples"
 
 from _tfmot_baseline import gzip_bytes, magnitude_prune  # noqa: E402
 
-from kopt.data import load_digits  # noqa: E402
-from kopt.export import LiteRTRunner, export_tflite  # noqa: E402
+from kopt.flows.data import load_digits  # noqa: E402
+from kopt.runtime import LiteRTRunner, export_tflite  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from kopt.timing import compare_reports, timing_report  # noqa: E402
+from kopt.runtime import compare_reports, timing_report  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -67,8 +67,8 @@ def test_compare(model, tmp_path):
 
 
 def test_fused_groups(model):
-    from kopt.frontend import from_keras
-    from kopt.timing import fused_group
+    from kopt.keras_io import from_keras
+    from kopt.runtime.timing import fused_group
 
     g = from_keras(model)
     assert [n.name for n in fused_group(g, g["c1"])] == ["c1", "bn", "relu"]

@@ -53,7 +53,7 @@ def side_by_side(models: list, x: np.ndarray, runs: int) -> list[float]:
 
 
 def litert_row(before: keras.Model, after: keras.Model, runs: int) -> str:
-    from kopt.export import LiteRTRunner, export_tflite
+    from kopt.runtime import LiteRTRunner, export_tflite
 
     out = []
     for tag, m in (("before", before), ("after", after)):

@@ -37,7 +37,7 @@ def load_images(directory: str, shape: tuple) -> np.ndarray:
 def load_data(args: argparse.Namespace, model) -> tuple:
     """(calibration x, evaluation x, evaluation labels or None); digits calibrate on the
     training split and are scored on the held-out split."""
-    from kopt.export import load_digits_like
+    from kopt.flows.data import load_digits_like
 
     if args.digits:
         x_test, y_test = load_digits_like(model, split="test")
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from kopt.errors import KoptError
-    from kopt.export import LiteRTRunner, export_tflite
-    from kopt.frontend import load_model
+    from kopt.runtime import LiteRTRunner, export_tflite
+    from kopt.keras_io import load_model
 
     try:
         model = load_model(args.model, safe_mode=not args.unsafe)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import kopt
-from kopt.rewrite import Match, PassManager, Rule
+from kopt.rewriting import Match, PassManager, Rule
 from kopt.testing import assert_same_function, randomize_weights
 from rewrites.fold_batchnorm import FoldBatchNorm
 

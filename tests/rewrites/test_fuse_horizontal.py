@@ -6,7 +6,7 @@ import keras
 import pytest
 
 import kopt
-from kopt.rewrite import PassManager
+from kopt.rewriting import PassManager
 from kopt.testing import assert_same_function, randomize_weights
 from rewrites.fuse_horizontal import FuseHorizontal
 from rewrites.pool_to_conv import PoolToConv

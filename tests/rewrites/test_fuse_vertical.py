@@ -4,7 +4,7 @@ import keras
 import pytest
 
 import kopt
-from kopt.rewrite import PassManager
+from kopt.rewriting import PassManager
 from kopt.testing import assert_same_function, randomize_weights
 from rewrites.fuse_vertical import FuseVertical
 

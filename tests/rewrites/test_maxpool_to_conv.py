@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 import kopt
-from kopt.rewrite import PassManager
+from kopt.rewriting import PassManager
 from kopt.testing import model_inputs, outputs
 from rewrites.maxpool_to_conv import MaxPoolToConv
 

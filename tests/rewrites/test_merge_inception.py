@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import kopt
-from kopt.distill import recalibrate_bn
-from kopt.data import load_digits
-from kopt.emitter import to_keras
-from kopt.frontend import from_keras
-from kopt.rewrite import PassManager, max_relative_error
+from kopt.flows.distill import recalibrate_bn
+from kopt.flows.data import load_digits
+from kopt.keras_io import to_keras
+from kopt.keras_io import from_keras
+from kopt.rewriting import PassManager, max_relative_error
 from kopt.testing import randomize_weights
 from rewrites.merge_inception import MergeInception, dominator_tree, receptive_field
 

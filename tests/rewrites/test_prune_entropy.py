@@ -7,8 +7,8 @@ import pytest
 
 import kopt
 from kopt.errors import KoptError
-from kopt.pruning_groups import channel_groups, prune_group
-from kopt.rewrite import PassManager, max_relative_error
+from kopt.ir.channels import channel_groups, prune_group
+from kopt.rewriting import PassManager, max_relative_error
 from kopt.testing import model_inputs, outputs, randomize_weights
 from rewrites.prune_entropy import PruneEntropy, channel_scores, prune, sensitivity
 

@@ -3,7 +3,7 @@
 import keras
 
 import kopt
-from kopt.rewrite import PassManager
+from kopt.rewriting import PassManager
 from kopt.testing import assert_same_function, randomize_weights
 from rewrites.remove_identity import RemoveIdentity
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 import kopt
-from kopt.rewrite import PassManager
+from kopt.rewriting import PassManager
 from kopt.testing import model_inputs, outputs, randomize_weights
 from rewrites.svd_dense import SvdDense
 
@@ -49,7 +49,7 @@ def test_factor_low_rank_dense_is_accurate_and_smaller():
     assert g.count_params() < model.count_params()
     x = model_inputs(model, batch=8)
     out = kopt.to_keras(g)
-    err = kopt.rewrite.max_relative_error(outputs(model, x), outputs(out, x))
+    err = kopt.rewriting.max_relative_error(outputs(model, x), outputs(out, x))
     assert err < 1e-2
     assert "already a low-rank factor" in " ".join(d.reason for d in report.declined)
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import kopt
-from kopt.data import load_digits
-from kopt.rewrite import Match, PassManager, max_relative_error
+from kopt.flows.data import load_digits
+from kopt.rewriting import Match, PassManager, max_relative_error
 from kopt.testing import model_inputs, outputs, randomize_weights
 from rewrites.svd_spatial import SvdSpatial, factor, unfold
 

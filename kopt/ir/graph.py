@@ -1,4 +1,4 @@
-"""The IR: a networkx.MultiDiGraph of ops (nodes) and tensors (edges).
+"""The IR graph: a networkx.MultiDiGraph of ops (nodes) and tensors (edges).
 
 Rules read and change models through the few queries here, so that the bookkeeping that is easy
 to get wrong (ports, graph outputs, shared layers) lives in one place.
@@ -8,72 +8,15 @@ from __future__ import annotations
 
 import copy
 import itertools
-import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import networkx as nx
-import numpy as np
 
 from kopt.errors import GraphLintError, KoptError
-
-log = logging.getLogger("kopt")
-
-
-@dataclass(frozen=True)
-class Port:
-    """Placeholder for the input tensor arriving on `index` inside a node's call template."""
-
-    index: int
-
-
-@dataclass(eq=False)
-class Node:
-    """One op: a Keras layer with its config and named numpy weights.
-
-    `call` is None for the usual `layer(x)` / `layer([a, b])` call; otherwise a pair
-    (args, kwargs) with `Port` placeholders where input tensors go.
-    `shared_key` groups nodes that are one Keras layer called several times.
-    `layer_class` is the original class, needed to rebuild layers kopt does not know.
-    """
-
-    name: str
-    op: str
-    config: dict
-    weights: dict[str, np.ndarray] = field(default_factory=dict)
-    output_shapes: list[tuple] = field(default_factory=list)
-    output_dtypes: list[str] = field(default_factory=list)
-    call: tuple | None = None
-    shared_key: str | None = None
-    layer_class: type | None = None
-    source: str = "keras"
-    layer: Any = None  # original layer object, kept only for opaque layers (never mutated)
-    meta: dict = field(default_factory=dict)  # markers rules leave for themselves (e.g. pruned)
-
-    @property
-    def output_shape(self) -> tuple:
-        return self.output_shapes[0]
-
-    @property
-    def activation(self) -> str:
-        act = self.config.get("activation", "linear")
-        if isinstance(act, dict):  # serialized activation object
-            act = act.get("config", act.get("class_name", "custom"))
-            act = act if isinstance(act, str) else "custom"
-        return act or "linear"
-
-    def weight_count(self) -> int:
-        return int(sum(np.size(w) for w in self.weights.values()))
-
-    def copy(self) -> Node:
-        new = copy.copy(self)
-        new.config = copy.deepcopy(self.config)
-        new.weights = {k: np.array(v, copy=True) for k, v in self.weights.items()}
-        new.output_shapes = list(self.output_shapes)
-        new.output_dtypes = list(self.output_dtypes)
-        new.meta = dict(self.meta)
-        return new
+from kopt.ir.cost import node_macs
+from kopt.ir.lint import check_weight_shapes
+from kopt.ir.node import Node
+from kopt.ir.ops import category
 
 
 class Graph:
@@ -84,7 +27,6 @@ class Graph:
         self.nx = nx.MultiDiGraph()
         self.inputs: list[str] = []
         self.outputs: list[tuple[str, int]] = []
-        self.output_names: list[str] = []
         self._order = itertools.count()
 
     # ---- construction -------------------------------------------------------------------
@@ -158,12 +100,6 @@ class Graph:
     def single_producer(self, name: str) -> Node | None:
         edges = self.in_edges(name)
         return self[edges[0][0]] if len(edges) == 1 else None
-
-    def consumers(self, name: str) -> list[Node]:
-        seen: dict[str, None] = {}
-        for dst, _, _ in self.out_edges(name):
-            seen[dst] = None
-        return [self[n] for n in seen]
 
     def is_output(self, name: str) -> bool:
         return any(n == name for n, _ in self.outputs)
@@ -256,15 +192,6 @@ class Graph:
                 return
         raise GraphLintError(f"no edge {src}:{sp} -> {dst}:{dp}")
 
-    def prune_dead(self) -> list[str]:
-        """Remove nodes no model output depends on (left over after a rewrite)."""
-        live = set(n for n, _ in self.outputs)
-        for n, _ in self.outputs:
-            live |= nx.ancestors(self.nx, n)
-        dead = [n for n in self.nx.nodes if n not in live and n not in self.inputs]
-        self.nx.remove_nodes_from(dead)
-        return dead
-
     def copy(self) -> Graph:
         g = Graph(self.name)
         g._order = itertools.count(next(copy.copy(self._order)))
@@ -273,7 +200,6 @@ class Graph:
         for s, t, d in self.nx.edges(data=True):
             g.nx.add_edge(s, t, **d)
         g.inputs, g.outputs = list(self.inputs), list(self.outputs)
-        g.output_names = list(self.output_names)
         return g
 
     # ---- cost model ---------------------------------------------------------------------
@@ -289,14 +215,10 @@ class Graph:
 
     def count_macs(self) -> int:
         """Multiply-accumulates of the tensor ops at the model's input shape, batch 1."""
-        from kopt.ops import node_macs
-
         return int(sum(node_macs(self, n) for n in self.topological()))
 
     def lint(self) -> None:
         """Raise GraphLintError if an invariant is broken; cheap enough to run after each rule."""
-        from kopt.ops import check_weight_shapes
-
         if not nx.is_directed_acyclic_graph(self.nx):
             raise GraphLintError("graph has a cycle")
         for node in self.topological():
@@ -311,8 +233,6 @@ class Graph:
                 raise GraphLintError(f"model output {n}:{p} does not exist")
 
     def summary_rows(self) -> list[dict]:
-        from kopt.ops import category, node_macs
-
         return [
             dict(name=n.name, op=n.op, shape=_fmt_shape(n.output_shapes),
                  params=n.weight_count(), macs=int(node_macs(self, n)),

@@ -1,70 +1,32 @@
-"""Rule, Match and the pass manager: apply rules to a fixed point, lint, verify, roll back.
+"""The pass manager: apply rules to a fixed point, lint, verify, roll back, report.
 
-Verification is done once at the end: the graph is emitted and compared with the reference
-model on seeded probe inputs. On failure the snapshots taken after each rule are bisected to
-find the first rule that broke equivalence; that rule is rolled back (with a warning) and the
-rules after it are run again.
+Each rule runs to a fixed point in turn, for up to `rounds` rounds while anything changes. The
+graph is linted after every rule; a rule that breaks an invariant is undone at once (only that
+call's applications leave the report). Verification is done once at the end (emitting Keras
+models is the slow part): the graph is emitted and compared with the reference model on
+seeded probe inputs. On failure the snapshots taken after each rule are bisected to find the
+first rule that broke equivalence; that rule is rolled back (with a warning) and the rules
+after it are run again. Matches that bind a shared layer are declined here, for every rule.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from kopt.errors import GraphLintError, KoptError
-from kopt.ir import Graph, Node
-from kopt.ops import node_macs
+from kopt.ir import Graph
+from kopt.ir.cost import node_macs
+from kopt.keras_io.emitter import to_keras
+from kopt.keras_io.probes import predict_outputs, probe_inputs
+from kopt.rewriting.rule import Match, Rule
+from kopt.rewriting.verify import first_failing, graph_error
 
-log = logging.getLogger("kopt")
-
-
-class Match:
-    """One place a rule could apply: named roles bound to nodes (or lists of nodes)."""
-
-    def __init__(self, **roles: Any):
-        self.__dict__.update(roles)
-
-    def nodes(self) -> list[Node]:
-        found: list[Node] = []
-        for value in self.__dict__.values():
-            items = value if isinstance(value, (list, tuple)) else [value]
-            found += [v for v in items if isinstance(v, Node)]
-        return found
-
-    def names(self) -> list[str]:
-        return list(dict.fromkeys(n.name for n in self.nodes()))
-
-    def __repr__(self) -> str:
-        return f"Match({', '.join(self.names())})"
-
-
-class Rule:
-    """A rewrite. Subclasses define matches(), reject() and apply(); they keep no state."""
-
-    exact: bool = True
-    name: str = ""
-
-    def __init_subclass__(cls, **kwargs: Any):
-        super().__init_subclass__(**kwargs)
-        if not cls.__dict__.get("name"):
-            cls.name = cls.__module__.rsplit(".", 1)[-1]
-
-    def matches(self, g: Graph) -> Iterable[Match]:
-        raise NotImplementedError
-
-    def reject(self, g: Graph, m: Match) -> str | None:
-        return None
-
-    def apply(self, g: Graph, m: Match) -> None:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"<rule {self.name}>"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -147,6 +109,12 @@ class PassManager:
                  probe_inputs: list[np.ndarray] | None = None, max_applications: int = 10_000,
                  rounds: int = 3):
         self.rules = list(rules)
+        approximate = [r.name for r in self.rules if not r.exact]
+        if verify and approximate:
+            raise KoptError(
+                f"cannot verify approximate rules {approximate}: they change outputs on "
+                "purpose. Run them with verify=False and measure the result on held-out data "
+                "(kopt.optimize(model, data=...) does both)")
         self.verify = verify
         self.tolerance = tolerance
         self.probe_inputs = probe_inputs
@@ -163,17 +131,16 @@ class PassManager:
         g, snapshots = self._run_rules(g.copy(), rules, report)
         if self.verify and snapshots:
             if reference is None:
-                from kopt.emitter import to_keras
-
                 reference = to_keras(original)
             probes = self.probe_inputs or probe_inputs(original)
             expected = predict_outputs(reference, probes)
             while True:
-                err = _error(g, probes, expected)
+                err = graph_error(g, probes, expected)
                 if err <= self.tolerance or not snapshots:
                     report.max_error = err
                     break
-                bad = _first_failing(snapshots, probes, expected, self.tolerance)
+                bad = first_failing([s[1] for s in snapshots], probes, expected,
+                                    self.tolerance)
                 rule = snapshots[bad][0]
                 why = f"outputs changed by {err:.2e} relative (tolerance {self.tolerance:.0e})"
                 log.warning("rule '%s' broke equivalence (%s); rolled back", rule.name, why)
@@ -192,7 +159,7 @@ class PassManager:
         for _ in range(self.rounds):
             changed = False
             for rule in rules:
-                before = g.copy()
+                before, n_before = g.copy(), len(report.applied)
                 try:
                     n = self._apply_rule(g, rule, report)
                     g.lint()
@@ -200,7 +167,7 @@ class PassManager:
                     log.warning("rule '%s' produced a broken graph (%s); rolled back",
                                 rule.name, err)
                     report.rolled_back.append((rule.name, str(err)))
-                    report.applied = [a for a in report.applied if a.rule != rule.name]
+                    del report.applied[n_before:]  # this call's applications only
                     g, n = before, 0
                 if n:
                     changed = True
@@ -220,7 +187,7 @@ class PassManager:
                 names = m.names()
                 if any(n in touched or n not in g for n in names):
                     continue
-                reason = rule.reject(g, m)
+                reason = _shared_reason(g, rule, m) or rule.reject(g, m)
                 if reason:
                     key = (rule.name, tuple(names), reason)
                     if key not in seen_declines:
@@ -240,6 +207,16 @@ class PassManager:
                 return applied
 
 
+def _shared_reason(g: Graph, rule: Rule, m: Match) -> str | None:
+    if rule.changes_shared:
+        return None
+    shared = [n.name for n in m.nodes() if g.is_shared(n)]
+    if shared:
+        return (f"'{shared[0]}' is a shared layer (called more than once): changing it would "
+                "change its other calls")
+    return None
+
+
 def _apply_one(g: Graph, rule: Rule, m: Match, names: list[str]) -> Application:
     mark = g.next_order()
     params0 = sum(g[n].weight_count() for n in names)
@@ -253,58 +230,4 @@ def _apply_one(g: Graph, rule: Rule, m: Match, names: list[str]) -> Application:
              params0, params1, macs0, macs1)
     return Application(rule.name, names, result, (params0, params1), (macs0, macs1))
 
-
-def probe_inputs(g: Graph, batch: int = 2, seed: int = 0) -> list[np.ndarray]:
-    """Seeded random inputs for every model input (ints for integer inputs)."""
-    rng = np.random.default_rng(seed)
-    probes = []
-    for name in g.inputs:
-        node = g[name]
-        shape = tuple(batch if i == 0 else (d or 16) for i, d in enumerate(node.output_shape))
-        dtype = node.output_dtypes[0] if node.output_dtypes else "float32"
-        if "int" in dtype:
-            probes.append(rng.integers(0, 8, shape).astype(dtype))
-        else:
-            probes.append(rng.normal(0, 1, shape).astype(dtype))
-    return probes
-
-
-def predict_outputs(model: Any, x: Any) -> list[np.ndarray]:
-    """Inference outputs of `model` on `x` (an array or a list of arrays), always a list."""
-    if isinstance(x, list) and len(x) == 1:
-        x = x[0]
-    out = model(x, training=False)
-    outs = out if isinstance(out, (list, tuple)) else [out]
-    return [np.asarray(o) for o in outs]
-
-
-def _error(g: Graph, probes: list[np.ndarray], expected: list[np.ndarray]) -> float:
-    from kopt.emitter import to_keras
-
-    got = predict_outputs(to_keras(g), probes)
-    return max_relative_error(expected, got)
-
-
-def max_relative_error(expected: Iterable[np.ndarray], got: Iterable[np.ndarray]) -> float:
-    """Largest |a - b| over each output, relative to that output's largest magnitude."""
-    worst = 0.0
-    for a, b in zip(expected, got):
-        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        if a.shape != b.shape:
-            return float("inf")
-        scale = max(float(np.max(np.abs(a))), 1e-12)
-        worst = max(worst, float(np.max(np.abs(a - b))) / scale)
-    return worst
-
-
-def _first_failing(snapshots: list, probes: list, expected: list, tol: float) -> int:
-    """Binary search for the first snapshot whose outputs differ (the failure persists)."""
-    lo, hi = 0, len(snapshots) - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _error(snapshots[mid][1], probes, expected) > tol:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
 

@@ -17,9 +17,9 @@ import numpy as np
 
 from kopt.errors import EmitError
 from kopt.ir import Graph, Node, Port
-from kopt.ops import weight_names
+from kopt.keras_io.frontend import weight_names
 
-log = logging.getLogger("kopt")
+log = logging.getLogger(__name__)
 
 BACKENDS = ("keras", "tf_keras")
 

@@ -27,9 +27,9 @@ import numpy as np
 
 from kopt.errors import KoptError
 from kopt.ir import Graph, Node
-from kopt.ops import CONV_OPS, KINDS
+from kopt.ir.ops import CONV_OPS, KINDS
 
-log = logging.getLogger("kopt")
+log = logging.getLogger(__name__)
 
 Atom = tuple[str, int]
 CMap = list  # list[Atom | None] along the last axis, or None when unknown

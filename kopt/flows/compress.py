@@ -3,13 +3,13 @@
 merge each inception / residual block into one narrower conv (MergeInception), one block at a
 time, distilling after each -> prune (PruneEntropy, one global ratio over every prunable group)
 -> distil from the original -> factor Dense layers (SvdDense) -> distil -> exact fusions
-(kopt.Optimizer). A VGG-style model has no block to merge, so its flow starts at pruning. The
-approximate
-steps try their settings from most to least aggressive and keep the first whose validation
-accuracy stays within `max_accuracy_drop` of the original's; a step with no such setting is
-rolled back (the previous model is kept, and the attempt is logged with kept=False). The exact
-fusions are verified by the pass manager and change no outputs, so they are always kept. The
-input model is never mutated: every step works on a fresh model emitted from the IR.
+(the registered exact rules, verified). A VGG-style model has no block to merge, so its flow
+starts at pruning. The approximate steps try their settings from most to least aggressive and
+keep the first whose validation accuracy stays within `max_accuracy_drop` of the original's;
+a step with no such setting is rolled back (the previous model is kept, and the attempt is
+logged with kept=False). The exact fusions are verified by the pass manager and change no
+outputs, so they are always kept. The input model is never mutated: every step works on a
+fresh model emitted from the IR.
 """
 
 from __future__ import annotations
@@ -20,15 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from kopt.emitter import to_keras
 from kopt.errors import DataError
-from kopt.frontend import from_keras
-from kopt.pipeline import Optimizer
+from kopt.flows.distill import retrain
+from kopt.keras_io import from_keras, to_keras
 from kopt.progress import bar, say
-from kopt.rewrite import PassManager, Rule
-from kopt.distill import retrain
+from kopt.rewriting import PassManager, Rule
+from rewrites import exact_rules
+from rewrites.merge_inception import JOINS, MergeInception
+from rewrites.prune_entropy import PruneEntropy
+from rewrites.svd_dense import SvdDense
 
-log = logging.getLogger("kopt")
+log = logging.getLogger(__name__)
 
 
 def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: float = 0.005,
@@ -36,7 +38,8 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
              prune_ratio: float | Sequence[float] = (0.75, 0.5, 0.25),
              svd_energy: float | Sequence[float] = (0.9, 0.97), epochs: int = 5,
              criterion: str = "entropy", round_to: int = 8, progress: bool = False,
-             probes: dict[str, tuple] | None = None, seed: int = 0) -> tuple[Any, list[dict]]:
+             probes: dict[str, tuple] | None = None, seed: int = 0,
+             finish: Callable[[Any], Any] | None = None) -> tuple[Any, list[dict]]:
     """A smaller model computing nearly what `model` does, and the log of its steps.
 
     data=(x, y) trains (calibration for the entropy criterion, and distillation); validation
@@ -49,6 +52,9 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
     merged conv keeps (an empty tuple skips merging). `probes` maps a name to extra (x, y)
     sets whose accuracy each step also records as "acc_<name>" (e.g. a harder test variant).
     Each entry of the returned steps is {step, params, macs, val_acc, kept} (+ probe accuracies).
+    `finish` turns the last kept model into the result (default: the registered exact rules,
+    verified); kopt.Optimizer passes its own exact pass so its rules, verify and tolerance
+    apply and its report is filled.
     """
     x, y = _pair(model, data, "data")
     if validation is None:
@@ -101,9 +107,15 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
             if step["kept"]:
                 current = candidate
                 break
-    fused = Optimizer().optimize(current)
+    fused = (finish or exact_fusion)(current)
     steps.append(record("fuse (exact)", fused, kept=True))
     return fused, steps
+
+
+def exact_fusion(model: Any) -> Any:
+    """`model` after the registered exact rules, verified against it."""
+    g, _ = PassManager(exact_rules()).run(from_keras(model), reference=model)
+    return to_keras(g)
 
 
 def _pair(model: Any, data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -125,27 +137,19 @@ def _values(v: float | Sequence[float]) -> list[float]:
 
 
 def _prune_rule(x: np.ndarray, ratio: float, criterion: str, round_to: int) -> Rule:
-    from rewrites.prune_entropy import PruneEntropy
-
     return PruneEntropy(x, ratio, criterion, round_to=round_to, min_channels=round_to)
 
 
 def _merge_rule(x: np.ndarray, width: float, join: str, seed: int) -> Rule:
-    from rewrites.merge_inception import MergeInception
-
     return MergeInception(x, width=width, only=join, seed=seed)
 
 
 def _blocks(model: Any) -> list[str]:
     """Joins (Concatenate / Add) of the model, in graph order: the candidate blocks to merge."""
-    from rewrites.merge_inception import JOINS
-
     return [n.name for n in from_keras(model).nodes_of(*JOINS)]
 
 
 def _svd_rule(energy: float) -> Rule:
-    from rewrites.svd_dense import SvdDense
-
     return SvdDense(energy=energy)
 
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from kopt.errors import UnsupportedModelError
 from kopt.ir import Graph, Node, Port
-from kopt.ops import weight_names
+from kopt.keras_io.loading import load_model
 
-log = logging.getLogger("kopt")
+log = logging.getLogger(__name__)
 
 
 def from_keras(model: Any) -> Graph:
@@ -38,37 +38,8 @@ def from_keras(model: Any) -> Graph:
         bindings[id(t)] = (node.name, 0)
     _lift(functional, g, bindings, layer_keys, api)
     g.outputs = [bindings[id(t)] for t in _flat(functional.outputs)]
-    g.output_names = [getattr(t, "name", f"output_{i}") for i, t in
-                      enumerate(_flat(functional.outputs))]
     g.lint()
     return g
-
-
-def load_model(path: str | os.PathLike, custom_objects: dict | None = None,
-               safe_mode: bool = True) -> Any:
-    """Load a .keras / .h5 file with Keras' safe_mode on, so no stored code (Lambda) runs."""
-    import keras
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise UnsupportedModelError(f"no such model file: '{path}'")
-    if os.path.isdir(path):
-        raise UnsupportedModelError(
-            f"'{path}' is a directory (SavedModel?). kopt needs the Keras graph: save the model "
-            "with model.save('model.keras') and pass that file")
-    try:
-        return keras.saving.load_model(path, custom_objects=custom_objects, safe_mode=safe_mode)
-    except Exception as keras3_error:  # noqa: BLE001 - retried with tf_keras below, then reported
-        if path.endswith((".h5", ".hdf5")):
-            try:
-                import tf_keras
-
-                return tf_keras.models.load_model(path, custom_objects=custom_objects,
-                                                  safe_mode=safe_mode)
-            except Exception:  # noqa: BLE001
-                pass
-        raise UnsupportedModelError(
-            f"cannot load '{path}': {type(keras3_error).__name__}: {keras3_error}") from None
 
 
 def _api_of(model: Any) -> str:
@@ -266,3 +237,24 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
     return value
+
+
+# tf_keras names a few weights differently; the IR always uses the Keras 3 names.
+_TF_KERAS_RENAMES = {("DepthwiseConv1D", "depthwise_kernel"): "kernel",
+                     ("DepthwiseConv2D", "depthwise_kernel"): "kernel"}
+
+
+def weight_names(layer: Any, backend: str) -> list[str]:
+    """Canonical, unique names of a layer's weights, in the layer's own order."""
+    names: list[str] = []
+    op = type(layer).__name__
+    for var in layer.weights:
+        base = var.name
+        if backend == "tf_keras":
+            base = base.split("/")[-1].split(":")[0]
+            base = _TF_KERAS_RENAMES.get((op, base), base)
+        name, i = base, 1
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        names.append(name)
+    return names

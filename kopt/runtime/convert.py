@@ -10,7 +10,6 @@ XNNPACK needs; from_concrete_functions would leave variables unfrozen.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import tempfile
@@ -21,29 +20,16 @@ from typing import Any, Iterable
 import numpy as np
 
 from kopt.errors import DataError, KoptError, VerificationError
-from kopt.rewrite import max_relative_error
+from kopt.keras_io import from_keras, to_keras
+from kopt.keras_io.probes import predict_outputs
+from kopt.rewriting.verify import max_relative_error
+from kopt.runtime.litert import LiteRTRunner, op_table
 
-log = logging.getLogger("kopt")
+log = logging.getLogger(__name__)
 
 CALIBRATION_SAMPLES = 200
 VERIFY_SAMPLES = 200
 QUANTIZE_MODES = ("int8", "float16", None)
-
-# Builtin ops the XNNPACK delegate takes, by tensor type (an estimate from the delegate's
-# source; ops outside these sets run on LiteRT's reference/optimized kernels instead).
-_XNN_COMMON = {"ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEPTH_TO_SPACE",
-               "FULLY_CONNECTED", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "RESHAPE",
-               "RESIZE_BILINEAR", "SLICE", "SPACE_TO_DEPTH", "SPLIT", "STRIDED_SLICE", "SUB",
-               "TRANSPOSE", "TRANSPOSE_CONV", "QUANTIZE", "DEQUANTIZE", "LEAKY_RELU", "ELU",
-               "HARD_SWISH", "LOGISTIC", "TANH", "MAXIMUM", "MINIMUM", "BATCH_MATMUL",
-               "AVERAGE_POOL_2D", "SQUARED_DIFFERENCE"}
-XNNPACK_OPS = {
-    "float32": _XNN_COMMON | {"ABS", "CEIL", "DIV", "FLOOR", "GELU", "NEG", "PRELU", "RELU",
-                              "RELU6", "RELU_N1_TO_1", "ROUND", "RSQRT", "SOFTMAX", "SQRT",
-                              "SQUARE", "EXP", "LOG", "SUM"},
-    "int8": _XNN_COMMON,
-}
-
 
 @dataclass
 class ExportResult:
@@ -129,28 +115,6 @@ def _batches(data: Any, n_inputs: int) -> Iterable[list]:
                 and isinstance(item[0], (tuple, list)):
             item = item[0]
         yield [np.asarray(a) for a in (item if n_inputs > 1 else [item])]
-
-
-def load_digits_like(model_or_shape: Any, split: str = "all", seed: int = 0
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """sklearn's bundled 8x8 digits, resized to the model's input (H, W, C), scaled to [0, 1].
-    `split` is "train" (first 80 %, shuffled with `seed`), "test" (the rest) or "all"."""
-    import tensorflow as tf
-    from sklearn.datasets import load_digits
-
-    shape = model_or_shape if isinstance(model_or_shape, tuple) else \
-        _input_shapes(model_or_shape)[0]
-    h, w, c = shape[1:4] if len(shape) == 4 else (8, 8, 1)
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[..., None]
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(0.8 * len(x))
-    order = {"train": order[:cut], "test": order[cut:]}.get(split, order)
-    x = tf.image.resize(x[order], (h, w)).numpy()
-    x = np.repeat(x, c, axis=-1) if c != 1 else x
-    if len(shape) != 4:
-        x = x.reshape((len(x),) + tuple(d for d in shape[1:]))
-    return x.astype(np.float32), digits.target[order].astype(np.int64)
 
 
 # ---- conversion --------------------------------------------------------------------------
@@ -260,9 +224,6 @@ def _qat_flatbuffer(model: Any, samples: list, data: tuple, epochs: int = 1,
     else:
         os.environ["TF_USE_LEGACY_KERAS"] = saved
 
-    from kopt.emitter import to_keras
-    from kopt.frontend import from_keras
-
     x, y = data
     g = from_keras(model)
     for node in g:  # Keras 3 initializer configs carry keys tf_keras rejects; names suffice
@@ -291,12 +252,12 @@ def _probe_samples(model: Any, n: int = 4) -> list[list[np.ndarray]]:
             for _ in range(n)]
 
 
-def verify_tflite(model: Any, runner: "LiteRTRunner", samples: list, quantize: str | None
+def verify_tflite(model: Any, runner: LiteRTRunner, samples: list, quantize: str | None
                   ) -> dict[str, float]:
     """Float: max relative error (must be <= 1e-4, float16 <= 1e-2); int8: top-1 agreement and
     mean absolute error over the samples."""
     samples = samples[:VERIFY_SAMPLES]
-    expected = [_keras_outputs(model, s) for s in samples]
+    expected = [predict_outputs(model, s) for s in samples]
     got = [runner.run_all(s) for s in samples]
     if quantize == "int8":
         exp0 = np.concatenate([e[0] for e in expected])
@@ -312,110 +273,6 @@ def verify_tflite(model: Any, runner: "LiteRTRunner", samples: list, quantize: s
         raise VerificationError(f"{runner.source}: TFLite outputs differ from Keras by "
                                 f"{err:.3e} (relative) > {tol:.0e}")
     return {"max_relative_error": err}
-
-
-def _keras_outputs(model: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
-    out = model(xs[0] if len(xs) == 1 else xs, training=False)
-    return [np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out])]
-
-
-def op_table(flatbuffer: bytes) -> tuple[dict[str, int], dict[str, int], int]:
-    """(ops by name, ops XNNPACK would not take by 'NAME(dtype)', count XNNPACK takes), read
-    from an interpreter without delegates so the listing is the file's own ops."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(model_content=flatbuffer, experimental_op_resolver_type=
-                              OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    ops: Counter = Counter()
-    fallback: Counter = Counter()
-    for op in interpreter._get_ops_details():  # noqa: SLF001 - the only op listing in Python
-        name = op["op_name"]
-        ops[name] += 1
-        dtype = _op_dtype(op, tensors)
-        if name not in XNNPACK_OPS.get(dtype, set()):
-            fallback[f"{name}({dtype})"] += 1
-    return dict(ops), dict(fallback), sum(ops.values()) - sum(fallback.values())
-
-
-def _op_dtype(op: dict, tensors: dict) -> str:
-    """The type an op computes in: that of its first non-constant activation input."""
-    for i in list(op["inputs"]) + list(op["outputs"]):
-        t = tensors.get(int(i))
-        if t is not None:
-            return np.dtype(t["dtype"]).name
-    return "float32"
-
-
-# ---- running -----------------------------------------------------------------------------
-class LiteRTRunner:
-    """Runs a .tflite model in LiteRT (XNNPACK on by default); callers pass and get float data,
-    int8 (de)quantisation with each tensor's scale and zero point is done here."""
-
-    def __init__(self, path_or_bytes: str | os.PathLike | bytes, threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter
-
-        if isinstance(path_or_bytes, (bytes, bytearray)):
-            self.source = "<bytes>"
-            self.interpreter = Interpreter(model_content=bytes(path_or_bytes), num_threads=threads)
-        else:
-            self.source = os.fspath(path_or_bytes)
-            self.interpreter = Interpreter(model_path=self.source, num_threads=threads)
-        self.interpreter.allocate_tensors()
-        self.inputs = self.interpreter.get_input_details()
-        self.outputs = self.interpreter.get_output_details()
-
-    def run_all(self, x: Any) -> list[np.ndarray]:
-        """All outputs for input(s) x, any batch size (run one sample at a time)."""
-        xs = [np.asarray(a) for a in (x if isinstance(x, (list, tuple)) else [x])]
-        fixed = self.inputs[0]["shape"][0]
-        if len(xs[0]) == fixed:
-            return self._invoke(xs)
-        per = [self._invoke([a[i:i + fixed] for a in xs]) for i in range(0, len(xs[0]), fixed)]
-        return [np.concatenate(outs) for outs in zip(*per)]
-
-    def run(self, x: Any) -> np.ndarray | list[np.ndarray]:
-        outs = self.run_all(x)
-        return outs[0] if len(outs) == 1 else outs
-
-    __call__ = run
-
-    def _invoke(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-        if len(xs) != len(self.inputs):
-            raise DataError(f"{self.source} takes {len(self.inputs)} inputs, got {len(xs)}")
-        for detail, x in zip(self.inputs, xs):
-            self.interpreter.set_tensor(detail["index"], _quantize(x, detail))
-        self.interpreter.invoke()
-        return [_dequantize(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
-
-    def latency(self, n: int = 500, warmup: int = 50) -> float:
-        """Median milliseconds of one invoke at the model's (batch-1) input shape."""
-        from kopt.timing import median_ms
-
-        rng = np.random.default_rng(0)
-        for d in self.inputs:
-            x = rng.normal(0, 1, d["shape"]).astype(np.float32)
-            self.interpreter.set_tensor(d["index"], _quantize(x, d))
-        return median_ms(self.interpreter.invoke, runs=n, warmup=warmup)
-
-
-def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    if dtype.kind == "f":
-        return np.asarray(x, dtype)
-    scale, zero = detail["quantization"]
-    if scale == 0:
-        return np.asarray(x).astype(dtype)
-    info = np.iinfo(dtype)
-    q = np.round(np.asarray(x, np.float32) / scale + zero)
-    return np.clip(q, info.min, info.max).astype(dtype)
-
-
-def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
-    scale, zero = detail["quantization"]
-    if np.dtype(detail["dtype"]).kind == "f" or scale == 0:
-        return np.array(y, np.float32)
-    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
 # ---- ONNX --------------------------------------------------------------------------------
@@ -445,7 +302,7 @@ def export_onnx(model: Any, path: str | os.PathLike, verify: bool = True,
         xs = [np.concatenate(s) for s in zip(*_probe_samples(model, 2))]
         names = [i.name for i in sess.get_inputs()]
         got = sess.run(None, dict(zip(names, xs)))
-        err = max_relative_error(_keras_outputs(model, xs), got)
+        err = max_relative_error(predict_outputs(model, xs), got)
         if err > 1e-4:
             raise VerificationError(f"{path}: ONNX outputs differ from Keras by {err:.3e} "
                                     "(relative) > 1e-4")
@@ -453,41 +310,3 @@ def export_onnx(model: Any, path: str | os.PathLike, verify: bool = True,
     return result
 
 
-# ---- CLI ---------------------------------------------------------------------------------
-def cli_export(argv: list[str]) -> int:
-    """`kopt export MODEL -o OUT [--format tflite|onnx] [--quantize int8|float16|none]`."""
-    p = argparse.ArgumentParser(prog="kopt export", description=cli_export.__doc__)
-    p.add_argument("model", help=".keras or .h5 file")
-    p.add_argument("-o", "--output", required=True, help=".tflite or .onnx file")
-    p.add_argument("--format", choices=("tflite", "onnx"), default=None,
-                   help="default: from the output's extension")
-    p.add_argument("--quantize", choices=("int8", "float16", "none"), default="int8")
-    p.add_argument("--float-io", action="store_true", help="int8 model with float input/output")
-    p.add_argument("--data", help=".npy/.npz representative data (npz: key 'x')")
-    p.add_argument("--digits", action="store_true", help="use sklearn digits as data")
-    p.add_argument("--no-verify", action="store_true")
-    p.add_argument("--unsafe", action="store_true", help="load with safe_mode=False")
-    args = p.parse_args(argv)
-    from kopt.frontend import load_model
-
-    model = load_model(args.model, safe_mode=not args.unsafe)
-    fmt = args.format or ("onnx" if args.output.endswith(".onnx") else "tflite")
-    if fmt == "onnx":
-        print(export_onnx(model, args.output, verify=not args.no_verify).summary())
-        return 0
-    data = load_digits_like(model)[0] if args.digits else load_array(args.data)
-    quantize = None if args.quantize == "none" else args.quantize
-    result = export_tflite(model, args.output, representative_data=data, quantize=quantize,
-                           int8_io=not args.float_io, verify=not args.no_verify)
-    print(result.summary())
-    return 0
-
-
-def load_array(path: str | None) -> np.ndarray | None:
-    """x from a .npy file or a .npz file (key 'x', else its first array); None for None."""
-    if path is None:
-        return None
-    data = np.load(path)
-    if isinstance(data, np.lib.npyio.NpzFile):
-        return data["x"] if "x" in data.files else data[data.files[0]]
-    return data

@@ -20,7 +20,7 @@ from keras import ops
 
 from kopt.errors import DataError
 
-log = logging.getLogger("kopt")
+log = logging.getLogger(__name__)
 
 
 def retrain(student: Any, teacher: Any = None, data: Any = None, epochs: int = 10,

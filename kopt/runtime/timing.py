@@ -9,42 +9,27 @@ part. Identical layers (same op, config and input shapes) are built and converte
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from kopt.errors import KoptError
 from kopt.ir import Graph, Node
-from kopt.ops import category, kind
+from kopt.ir.ops import KINDS, category, kind
+from kopt.keras_io import from_keras, to_keras
 from kopt.progress import bar
+from kopt.runtime.clock import median_ms
+from kopt.runtime.convert import convert_tflite
+from kopt.runtime.litert import LiteRTRunner
 
-log = logging.getLogger("kopt")
+log = logging.getLogger(__name__)
 
 RUNTIMES = ("keras", "litert", "litert-int8")
-_BUDGET_S = 0.1  # time spent measuring one part when runs is not given
-
-
-# ---- measuring ---------------------------------------------------------------------------
-def median_ms(fn: Callable[[], Any], runs: int | None = None, warmup: int = 5) -> float:
-    """Median wall time of fn() in ms after warm-up; runs=None fits ~0.1 s of runs (10..300)."""
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        fn()
-    if runs is None:
-        each = (time.perf_counter() - t0) / max(warmup, 1)
-        runs = int(min(300, max(10, _BUDGET_S / max(each, 1e-6))))
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
 
 
 def _inputs_of(shapes: list[tuple], rng: np.random.Generator) -> list[np.ndarray]:
@@ -56,8 +41,6 @@ class _Timer:
 
     def __init__(self, runtime: str, threads: int):
         if runtime not in RUNTIMES:
-            from kopt.errors import KoptError
-
             raise KoptError(f"runtime '{runtime}': use one of {RUNTIMES}")
         self.runtime, self.threads = runtime, threads
 
@@ -70,17 +53,14 @@ class _Timer:
             arg = [tf.constant(x) for x in xs]
             fn = tf.function(lambda *a: model(a[0] if len(a) == 1 else list(a), training=False))
             return lambda: fn(*arg)
-        from kopt.export import LiteRTRunner, _quantize, convert_tflite
-
         quantize = "int8" if self.runtime == "litert-int8" else None
         if quantize and data is None:
             data = xs if len(xs) > 1 else np.concatenate([_inputs_of(shapes, rng)[0]
                                                           for _ in range(4)])
         flat = convert_tflite(model, quantize=quantize, representative_data=data)
         runner = LiteRTRunner(flat, threads=self.threads)
-        for d, x in zip(runner.inputs, xs):
-            runner.interpreter.set_tensor(d["index"], _quantize(x, d))
-        return runner.interpreter.invoke
+        runner.set_inputs(xs)
+        return runner.invoke
 
 
 # ---- the per-node models -------------------------------------------------------------------
@@ -109,8 +89,6 @@ def fused_group(g: Graph, head: Node) -> list[Node]:
 
 def _sub_model(g: Graph, nodes: list[Node], batch: int) -> tuple[Any, list[tuple]]:
     """A Keras model computing `nodes` (a chain or one node) on inputs of their real shapes."""
-    from kopt.emitter import to_keras
-
     sub = Graph(f"t_{nodes[0].name}")
     inside = {n.name for n in nodes}
     shapes: list[tuple] = []
@@ -237,8 +215,6 @@ def _pyplot() -> Any:
 
 
 def _kind_colors() -> dict[str, Any]:
-    from kopt.ops import KINDS
-
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
@@ -278,8 +254,6 @@ def timing_report(model: Any, runtime: str = "keras", batch_size: int = 1, threa
     runs to ~0.1 s per part. `threads` sets LiteRT's thread count; Keras runs on TensorFlow's
     own thread pools. representative_data only calibrates the whole int8 model (random data
     otherwise: timings do not depend on the quantisation ranges)."""
-    from kopt.frontend import from_keras
-
     g = from_keras(model)
     timer = _Timer(runtime, threads)
     shapes = [(batch_size,) + tuple(g[n].output_shape[1:]) for n in g.inputs]
@@ -338,8 +312,6 @@ def _fixed_batch(model: Any, g: Graph, batch: int) -> Any:
     """The model itself for Keras; LiteRT conversion fixes batch 1, so re-emit at `batch`."""
     if batch == 1:
         return model
-    from kopt.emitter import to_keras
-
     g = g.copy()
     for n in g.inputs:
         g[n].output_shapes = [(batch,) + tuple(g[n].output_shape[1:])]
@@ -414,42 +386,3 @@ def compare_reports(before: TimingReport, after: TimingReport) -> Comparison:
     return Comparison(before, after)
 
 
-# ---- CLI -----------------------------------------------------------------------------------
-def cli_report(argv: list[str]) -> int:
-    """`kopt report MODEL [--runtime R] [--compare OTHER] [--json F] [--csv F] [--plot F]`."""
-    p = argparse.ArgumentParser(prog="kopt report", description=cli_report.__doc__)
-    p.add_argument("model", help=".keras or .h5 file")
-    p.add_argument("--runtime", choices=RUNTIMES + ("all",), default="keras")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", type=int, default=None, help="default: ~0.1 s of runs per part")
-    p.add_argument("--top", type=int, default=None, help="show only the N slowest layers")
-    p.add_argument("--compare", help="a second model (e.g. the optimized one) to compare with")
-    p.add_argument("--json", help="write the report as JSON (suffixed per runtime for 'all')")
-    p.add_argument("--csv")
-    p.add_argument("--plot", help="PNG file")
-    p.add_argument("--unsafe", action="store_true", help="load with safe_mode=False")
-    args = p.parse_args(argv)
-    from kopt.frontend import load_model
-
-    model = load_model(args.model, safe_mode=not args.unsafe)
-    other = load_model(args.compare, safe_mode=not args.unsafe) if args.compare else None
-    runtimes = RUNTIMES if args.runtime == "all" else (args.runtime,)
-    for rt in runtimes:
-        kw = dict(runtime=rt, batch_size=args.batch_size, threads=args.threads, runs=args.runs,
-                  progress=True)
-        rep = timing_report(model, **kw)
-        out: Any = rep
-        if other is not None:
-            out = compare_reports(rep, timing_report(other, **kw))
-        print(out.table() if other is not None else rep.table(args.top))
-        for opt, method in (("json", "to_json"), ("csv", "to_csv"), ("plot", "plot")):
-            target = getattr(args, opt)
-            if target and hasattr(out, method):
-                getattr(out, method)(_suffixed(target, rt, len(runtimes) > 1))
-    return 0
-
-
-def _suffixed(path: str, runtime: str, many: bool) -> str:
-    root, ext = os.path.splitext(path)
-    return f"{root}_{runtime}{ext}" if many else path

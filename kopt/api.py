@@ -1,8 +1,9 @@
-"""optimize(): lift, run the exact rules (verified), emit. The input model is never mutated.
+"""The public entry points: optimize() and Optimizer. The input model is never mutated.
 
-With data, optimize() runs the approximate flow first (kopt.compress: merge blocks, prune,
-factor Dense layers, each retrained and kept only within max_accuracy_drop), which ends in the
-exact rules too.
+Without data: lift, run the exact rules (verified), emit. With data, the approximate flow runs
+first (kopt.flows.compress: merge blocks, prune, factor Dense layers, each retrained and kept
+only within max_accuracy_drop) and ends in this Optimizer's own exact pass, so its rules,
+verify and tolerance apply there too and its report describes that pass.
 """
 
 from __future__ import annotations
@@ -11,19 +12,13 @@ import logging
 import sys
 from typing import Any
 
-from kopt.emitter import to_keras
-from kopt.frontend import from_keras
+from kopt.flows.compress import compress
 from kopt.ir import Graph
-from kopt.rewrite import PassManager, Report, Rule
+from kopt.keras_io import from_keras, to_keras
+from kopt.rewriting import PassManager, Report, Rule
+from rewrites import exact_rules
 
-log = logging.getLogger("kopt")
-
-
-def exact_rules() -> list[Rule]:
-    """Fresh instances of the registered exact rules, in their default order."""
-    import rewrites
-
-    return [cls() for cls in rewrites.EXACT]
+log = logging.getLogger(__name__)
 
 
 class Optimizer:
@@ -59,14 +54,16 @@ class Optimizer:
         if data is None:
             if compress_options:
                 raise TypeError(f"{sorted(compress_options)} apply only with data=")
-            g = from_keras(model)
-            return to_keras(self.optimize_graph(g, reference=model), backend=self.backend)
-        from kopt.compress import compress
-
+            return self._exact(model, self.backend)
         compress_options.setdefault("progress", sys.stderr.isatty())  # long: show it at a TTY
         small, self.steps = compress(model, data, validation, max_accuracy_drop,
+                                     finish=lambda m: self._exact(m, self.backend),
                                      **compress_options)
-        return small if self.backend == "keras" else to_keras(from_keras(small), self.backend)
+        return small
+
+    def _exact(self, model: Any, backend: str) -> Any:
+        g = from_keras(model)
+        return to_keras(self.optimize_graph(g, reference=model), backend=backend)
 
 
 def optimize(model: Any, data: Any = None, validation: Any = None,

@@ -1,0 +1,39 @@
+"""Op kinds: the families of Keras layer names rules and reports group by."""
+
+from __future__ import annotations
+
+CONV_OPS = {"Conv1D", "Conv2D", "Conv3D"}
+DEPTHWISE_OPS = {"DepthwiseConv1D", "DepthwiseConv2D"}
+SEPARABLE_OPS = {"SeparableConv1D", "SeparableConv2D"}
+TRANSPOSE_OPS = {"Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"}
+DENSE_OPS = {"Dense", "EinsumDense"}
+MATMUL_OPS = {"Dot", "MultiHeadAttention", "GroupedQueryAttention"}
+TENSOR_OPS = CONV_OPS | DEPTHWISE_OPS | SEPARABLE_OPS | TRANSPOSE_OPS | DENSE_OPS | MATMUL_OPS
+
+KINDS: dict[str, set[str]] = {
+    "conv": CONV_OPS | DEPTHWISE_OPS | SEPARABLE_OPS | TRANSPOSE_OPS,
+    "fc": DENSE_OPS | MATMUL_OPS,
+    "bn": {"BatchNormalization", "LayerNormalization", "GroupNormalization",
+           "UnitNormalization", "Normalization", "Rescaling"},
+    "pool": {"MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
+             "AveragePooling2D", "AveragePooling3D", "GlobalAveragePooling1D",
+             "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
+             "GlobalMaxPooling2D", "GlobalMaxPooling3D"},
+    "activation": {"ReLU", "Activation", "Softmax", "LeakyReLU", "PReLU", "ELU"},
+    "merge": {"Concatenate", "Add", "Multiply", "Subtract", "Average", "Maximum", "Minimum"},
+    "reshape": {"Reshape", "Flatten", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+                "Cropping1D", "Cropping2D", "Cropping3D", "Permute", "UpSampling2D",
+                "RepeatVector"},
+    "io": {"InputLayer"},
+}
+_KIND_OF = {op: kind for kind, ops in KINDS.items() for op in ops}
+
+
+def kind(op: str) -> str:
+    """Fine category used by the timing report: conv, fc, bn, pool, activation, merge, ..."""
+    return _KIND_OF.get(op, "other")
+
+
+def category(op: str) -> str:
+    """'tensor' for ops that multiply weights into data (conv, dense, matmul); else 'non-tensor'."""
+    return "tensor" if op in TENSOR_OPS else "non-tensor"

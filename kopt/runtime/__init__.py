@@ -1,0 +1,12 @@
+"""The runtime room: conversion and export (TFLite float/float16/int8, ONNX), the LiteRT
+runner, the per-layer timing report and the clock. Imports the rooms below it (errors, ir,
+keras_io, rewriting's verification) and never the flows.
+"""
+
+from kopt.runtime.clock import median_ms
+from kopt.runtime.convert import ExportResult, convert_tflite, export_onnx, export_tflite
+from kopt.runtime.litert import LiteRTRunner
+from kopt.runtime.timing import compare_reports, timing_report
+
+__all__ = ["ExportResult", "LiteRTRunner", "compare_reports", "convert_tflite", "export_onnx",
+           "export_tflite", "median_ms", "timing_report"]

@@ -1,0 +1,143 @@
+"""Running .tflite files in LiteRT (XNNPACK on by default) and listing their ops.
+
+Callers pass and get float data; int8 (de)quantisation with each tensor's scale and zero point
+is done here, so the timing report and the exporters never touch the interpreter directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from kopt.errors import DataError
+from kopt.runtime.clock import median_ms
+
+# Builtin ops the XNNPACK delegate takes, by tensor type (an estimate from the delegate's
+# source; ops outside these sets run on LiteRT's reference/optimized kernels instead).
+_XNN_COMMON = {"ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEPTH_TO_SPACE",
+               "FULLY_CONNECTED", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "RESHAPE",
+               "RESIZE_BILINEAR", "SLICE", "SPACE_TO_DEPTH", "SPLIT", "STRIDED_SLICE", "SUB",
+               "TRANSPOSE", "TRANSPOSE_CONV", "QUANTIZE", "DEQUANTIZE", "LEAKY_RELU", "ELU",
+               "HARD_SWISH", "LOGISTIC", "TANH", "MAXIMUM", "MINIMUM", "BATCH_MATMUL",
+               "AVERAGE_POOL_2D", "SQUARED_DIFFERENCE"}
+XNNPACK_OPS = {
+    "float32": _XNN_COMMON | {"ABS", "CEIL", "DIV", "FLOOR", "GELU", "NEG", "PRELU", "RELU",
+                              "RELU6", "RELU_N1_TO_1", "ROUND", "RSQRT", "SOFTMAX", "SQRT",
+                              "SQUARE", "EXP", "LOG", "SUM"},
+    "int8": _XNN_COMMON,
+}
+
+
+def op_table(flatbuffer: bytes) -> tuple[dict[str, int], dict[str, int], int]:
+    """(ops by name, ops XNNPACK would not take by 'NAME(dtype)', count XNNPACK takes), read
+    from an interpreter without delegates so the listing is the file's own ops."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_content=flatbuffer, experimental_op_resolver_type=
+                              OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops: Counter = Counter()
+    fallback: Counter = Counter()
+    for op in interpreter._get_ops_details():  # noqa: SLF001 - the only op listing in Python
+        name = op["op_name"]
+        ops[name] += 1
+        dtype = _op_dtype(op, tensors)
+        if name not in XNNPACK_OPS.get(dtype, set()):
+            fallback[f"{name}({dtype})"] += 1
+    return dict(ops), dict(fallback), sum(ops.values()) - sum(fallback.values())
+
+
+def _op_dtype(op: dict, tensors: dict) -> str:
+    """The type an op computes in: that of its first non-constant activation input."""
+    for i in list(op["inputs"]) + list(op["outputs"]):
+        t = tensors.get(int(i))
+        if t is not None:
+            return np.dtype(t["dtype"]).name
+    return "float32"
+
+
+class LiteRTRunner:
+    """Runs a .tflite model in LiteRT (XNNPACK on by default); callers pass and get float data,
+    int8 (de)quantisation with each tensor's scale and zero point is done here."""
+
+    def __init__(self, path_or_bytes: str | os.PathLike | bytes, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if isinstance(path_or_bytes, (bytes, bytearray)):
+            self.source = "<bytes>"
+            self.interpreter = Interpreter(model_content=bytes(path_or_bytes), num_threads=threads)
+        else:
+            self.source = os.fspath(path_or_bytes)
+            self.interpreter = Interpreter(model_path=self.source, num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.inputs = self.interpreter.get_input_details()
+        self.outputs = self.interpreter.get_output_details()
+
+    def run_all(self, x: Any) -> list[np.ndarray]:
+        """All outputs for input(s) x, any batch size (run one sample at a time)."""
+        xs = [np.asarray(a) for a in (x if isinstance(x, (list, tuple)) else [x])]
+        fixed = self.inputs[0]["shape"][0]
+        if len(xs[0]) == fixed:
+            return self._invoke(xs)
+        per = [self._invoke([a[i:i + fixed] for a in xs]) for i in range(0, len(xs[0]), fixed)]
+        return [np.concatenate(outs) for outs in zip(*per)]
+
+    def run(self, x: Any) -> np.ndarray | list[np.ndarray]:
+        outs = self.run_all(x)
+        return outs[0] if len(outs) == 1 else outs
+
+    __call__ = run
+
+    def set_inputs(self, xs: list[np.ndarray]) -> None:
+        """Put float (or integer) inputs into the interpreter, quantised where it takes int8;
+        then `invoke()` runs it. Timing loops call invoke() alone."""
+        if len(xs) != len(self.inputs):
+            raise DataError(f"{self.source} takes {len(self.inputs)} inputs, got {len(xs)}")
+        for detail, x in zip(self.inputs, xs):
+            self.interpreter.set_tensor(detail["index"], quantize(x, detail))
+
+    def invoke(self) -> None:
+        self.interpreter.invoke()
+
+    def outputs_now(self) -> list[np.ndarray]:
+        """The outputs of the last invoke, dequantised to float."""
+        return [dequantize(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
+
+    def _invoke(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        self.set_inputs(xs)
+        self.invoke()
+        return self.outputs_now()
+
+    def random_inputs(self, seed: int = 0) -> list[np.ndarray]:
+        """Seeded normal inputs at the interpreter's input shapes (for timing)."""
+        rng = np.random.default_rng(seed)
+        return [rng.normal(0, 1, d["shape"]).astype(np.float32) for d in self.inputs]
+
+    def latency(self, n: int = 500, warmup: int = 50) -> float:
+        """Median milliseconds of one invoke at the model's (batch-1) input shape."""
+        self.set_inputs(self.random_inputs())
+        return median_ms(self.invoke, runs=n, warmup=warmup)
+
+
+def quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    """x in the tensor's type: int8 with its scale and zero point, or float as it is."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return np.asarray(x, dtype)
+    scale, zero = detail["quantization"]
+    if scale == 0:
+        return np.asarray(x).astype(dtype)
+    info = np.iinfo(dtype)
+    q = np.round(np.asarray(x, np.float32) / scale + zero)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    """y back to float32 with its tensor's scale and zero point (float tensors unchanged)."""
+    scale, zero = detail["quantization"]
+    if np.dtype(detail["dtype"]).kind == "f" or scale == 0:
+        return np.array(y, np.float32)
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
