@@ -20,10 +20,6 @@ def pair(value: Any) -> tuple:
     return value
 
 
-def channels_last(node: Node) -> bool:
-    return node.config.get("data_format", "channels_last") in ("channels_last", None)
-
-
 def kernel_bias(node: Node) -> tuple[np.ndarray, np.ndarray]:
     """(kernel, bias) in float64; a layer without bias has a zero one."""
     kernel = np.asarray(node.weights["kernel"], np.float64)

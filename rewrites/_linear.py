@@ -17,11 +17,15 @@ from __future__ import annotations
 import numpy as np
 
 from kopt.ir import Graph, Node
+from kopt.ir.ops import (
+    CONV_OPS,
+    DEPTHWISE_OPS,
+    SEPARABLE_OPS,
+    TRANSPOSE_OPS,
+    last_axis,
+)
 
-CONV = {"Conv1D", "Conv2D", "Conv3D"}
-DEPTHWISE = {"DepthwiseConv1D", "DepthwiseConv2D"}
-SEPARABLE = {"SeparableConv1D", "SeparableConv2D"}
-TRANSPOSE = {"Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"}
+CONV, DEPTHWISE, SEPARABLE, TRANSPOSE = CONV_OPS, DEPTHWISE_OPS, SEPARABLE_OPS, TRANSPOSE_OPS
 FOLDS_INTO = CONV | DEPTHWISE | SEPARABLE | TRANSPOSE | {"Dense"}
 """Ops whose output channels can absorb a per-channel affine map exactly."""
 
@@ -44,23 +48,9 @@ def out_channels(node: Node) -> int:
     return int(node.config["filters"])
 
 
-def is_linear(node: Node) -> bool:
-    return node.activation == "linear"
-
-
-def channels_last(node: Node) -> bool:
-    return node.config.get("data_format", "channels_last") in ("channels_last", None)
-
-
 def bn_axis_is_last(g: Graph, bn: Node) -> bool:
     """BN normalises the last axis (the channel axis of every op in FOLDS_INTO)."""
-    axis = bn.config.get("axis", -1)
-    if isinstance(axis, (list, tuple)):
-        if len(axis) != 1:
-            return False
-        axis = axis[0]
-    rank = len(g.input_shapes(bn.name)[0])
-    return axis in (-1, rank - 1)
+    return last_axis(bn.config, len(g.input_shapes(bn.name)[0]))
 
 
 def bn_affine(bn: Node) -> tuple[np.ndarray, np.ndarray]:

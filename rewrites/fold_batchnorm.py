@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from kopt.ir import Graph, Node
+from kopt.ir.ops import channels_last
 from kopt.rewriting import Match, Rule, register
 from rewrites._linear import (
     FOLDS_INTO,
@@ -26,7 +27,6 @@ from rewrites._linear import (
     TRANSPOSE,
     bn_affine,
     bn_axis_is_last,
-    channels_last,
     scale_input_channels,
     scale_output_channels,
 )

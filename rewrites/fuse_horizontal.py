@@ -19,8 +19,9 @@ from typing import Iterator
 import numpy as np
 
 from kopt.ir import Graph, Node
+from kopt.ir.ops import channels_last
 from kopt.rewriting import Match, Rule, register
-from rewrites._conv import channels_last, derive, kernel_bias, pair, reads_only
+from rewrites._conv import derive, kernel_bias, pair, reads_only
 
 OPS = {"Conv2D", "Dense"}
 WIDTH = {"Conv2D": "filters", "Dense": "units"}

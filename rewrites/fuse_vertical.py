@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from kopt.ir import Graph, Node
+from kopt.ir.ops import channels_last
 from kopt.rewriting import Match, Rule, register
-from rewrites._linear import CONV, DEPTHWISE, FOLDS_INTO, SEPARABLE, channels_last
+from rewrites._linear import CONV, DEPTHWISE, FOLDS_INTO, SEPARABLE
 
 FUSABLE = {"relu", "relu6", "sigmoid", "tanh", "swish", "silu", "gelu", "elu", "selu",
            "softplus", "softsign", "hard_sigmoid", "hard_swish", "hard_silu", "mish",

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from kopt.ir import Graph, Node
+from kopt.ir.ops import channels_last
 from kopt.rewriting import Match, Rule, register
 
 
@@ -26,7 +27,7 @@ class MaxPoolToConv(Rule):
 
     def reject(self, g: Graph, m: Match) -> str | None:
         pool = m.pool
-        if pool.config.get("data_format", "channels_last") not in (None, "channels_last"):
+        if not channels_last(pool):
             return "channels_first pooling is not supported"
         shapes = g.input_shapes(pool.name)
         if len(shapes) != 1 or shapes[0][-1] is None:

@@ -19,8 +19,9 @@ from typing import Iterator
 import numpy as np
 
 from kopt.ir import Graph, Node
+from kopt.ir.ops import channels_last
 from kopt.rewriting import Match, Rule, register
-from rewrites._conv import centre_pad, channels_last, derive, kernel_bias, pair, reads_only
+from rewrites._conv import centre_pad, derive, kernel_bias, pair, reads_only
 from rewrites._linear import bn_affine, bn_axis_is_last
 
 Tensor = tuple[str, int]

@@ -29,6 +29,7 @@ import numpy as np
 from kopt.keras_io.batches import as_batches, take
 from kopt.keras_io.probes import tensor_values
 from kopt.ir import Graph, Node
+from kopt.ir.ops import channels_last
 from kopt.ir.channels import channel_groups, prune_group
 from kopt.rewriting import Match, Rule, register
 from rewrites._conv import pair
@@ -92,7 +93,7 @@ def _problem(g: Graph, node: Node, region: set[str], fork: str, hw: tuple) -> st
             return f"'{node.name}' is strided"
         if cfg.get("padding") != "same" and size not in (1, (1, 1)):
             return f"'{node.name}' uses 'valid' padding"
-    if cfg.get("data_format", "channels_last") not in (None, "channels_last"):
+    if not channels_last(node):
         return f"'{node.name}' is channels_first"
     if tuple(node.output_shape[1:3]) != hw:
         return f"'{node.name}' changes the spatial size"

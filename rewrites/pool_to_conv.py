@@ -26,8 +26,9 @@ from typing import Iterator
 import numpy as np
 
 from kopt.ir import Graph, Node
+from kopt.ir.ops import channels_last
 from kopt.rewriting import Match, Rule, register
-from rewrites._conv import channels_last, derive, kernel_bias, pair
+from rewrites._conv import derive, kernel_bias, pair
 
 POOL = "AveragePooling2D"
 

@@ -92,15 +92,19 @@ def _with_shifts(x: np.ndarray, y: np.ndarray, size: int) -> tuple[np.ndarray, n
     return np.concatenate([x] + shifted), np.concatenate([y] * 5)
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear upsampling (pixel centres aligned) of (N, 8, 8) images to (N, size, size)."""
+def _resize(images: np.ndarray, height: int, width: int | None = None) -> np.ndarray:
+    """Bilinear upsampling (pixel centres aligned) of (N, 8, 8) images to (N, height, width)."""
+    width = height if width is None else width
     src = images.shape[1]
-    pos = np.clip((np.arange(size) + 0.5) * src / size - 0.5, 0, src - 1)
-    lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, src - 1)
-    t = (pos - lo).astype(np.float32)
-    rows = images[:, lo, :] * (1 - t)[None, :, None] + images[:, hi, :] * t[None, :, None]
-    return rows[:, :, lo] * (1 - t) + rows[:, :, hi] * t
+
+    def taps(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.clip((np.arange(size) + 0.5) * src / size - 0.5, 0, src - 1)
+        lo = np.floor(pos).astype(int)
+        return lo, np.minimum(lo + 1, src - 1), (pos - lo).astype(np.float32)
+
+    (r0, r1, tr), (c0, c1, tc) = taps(height), taps(width)
+    rows = images[:, r0, :] * (1 - tr)[None, :, None] + images[:, r1, :] * tr[None, :, None]
+    return rows[:, :, c0] * (1 - tc) + rows[:, :, c1] * tc
 
 
 def _shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -123,20 +127,20 @@ def _noisy(x: np.ndarray, rng: np.random.Generator, sigma: float = 0.15) -> np.n
 
 def load_digits_like(model_or_shape: Any, split: str = "all", seed: int = 0
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """sklearn's bundled 8x8 digits, resized to the model's input (H, W, C), scaled to [0, 1].
-    `split` is "train" (first 80 %, shuffled with `seed`), "test" (the rest) or "all"."""
-    import tensorflow as tf
-    from sklearn.datasets import load_digits
+    """The bundled digits shaped for a model's first input (N, H, W, C) (channels repeated),
+    scaled to [0, 1]: calibration data for any image model. `split` is "train" (first 80 %,
+    shuffled with `seed`), "test" (the rest) or "all". A non-image input gets the 64 pixels
+    reshaped to its shape."""
+    from sklearn.datasets import load_digits as sk_digits
 
     shape = model_or_shape if isinstance(model_or_shape, tuple) else \
         tuple(model_or_shape.inputs[0].shape)
     h, w, c = shape[1:4] if len(shape) == 4 else (8, 8, 1)
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[..., None]
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(0.8 * len(x))
+    digits = sk_digits()
+    order = np.random.default_rng(seed).permutation(len(digits.images))
+    cut = int(0.8 * len(order))
     order = {"train": order[:cut], "test": order[cut:]}.get(split, order)
-    x = tf.image.resize(x[order], (h, w)).numpy()
+    x = _resize(digits.images[order].astype(np.float32) / 16.0, h, w)[..., None]
     x = np.repeat(x, c, axis=-1) if c != 1 else x
     if len(shape) != 4:
         x = x.reshape((len(x),) + tuple(d for d in shape[1:]))

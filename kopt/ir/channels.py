@@ -27,7 +27,7 @@ import numpy as np
 
 from kopt.errors import KoptError
 from kopt.ir import Graph, Node
-from kopt.ir.ops import CONV_OPS, KINDS
+from kopt.ir.ops import CONV_OPS, KINDS, channels_last, last_axis
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +92,18 @@ class _Atoms:
                 self.frozen.setdefault(self.find(a), reason)
 
 
-def _channels_last(node: Node) -> bool:
-    return node.config.get("data_format", "channels_last") in (None, "channels_last")
-
-
 def _is_source(g: Graph, node: Node) -> bool:
-    return (node.op in SOURCES and _channels_last(node) and node.config.get("groups", 1) == 1
+    return (node.op in SOURCES and channels_last(node) and node.config.get("groups", 1) == 1
             and not g.is_shared(node))
 
 
 def _is_pass(g: Graph, node: Node) -> bool:
-    if node.op not in PASS or g.is_shared(node) or not _channels_last(node):
+    if node.op not in PASS or g.is_shared(node) or not channels_last(node):
         return False
     if node.op == "Activation" and node.activation == "softmax":
         return False
     if node.op == "BatchNormalization":
-        axis = node.config.get("axis", -1)
-        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-        return axis in (-1, len(node.output_shape) - 1)
+        return last_axis(node.config, len(node.output_shape))
     return True
 
 
@@ -130,7 +124,7 @@ def channel_maps(g: Graph) -> tuple[dict[tuple[str, int], CMap | None], _Atoms]:
         elif _is_pass(g, node) and len(ins) == 1 and ins[0] is not None:
             mult = node.config.get("depth_multiplier", 1) if "Depthwise" in node.op else 1
             out = [a for a in ins[0] for _ in range(mult)]
-        elif node.op == "Flatten" and ins[0] is not None and _channels_last(node) \
+        elif node.op == "Flatten" and ins[0] is not None and channels_last(node) \
                 and None not in shapes[0][1:]:
             out = ins[0] * (shapes[0][-1] // max(1, len(ins[0])))
             if len(out) != shapes[0][-1]:

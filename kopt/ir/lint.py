@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kopt.errors import GraphLintError
-from kopt.ir.ops import CONV_OPS, DEPTHWISE_OPS, SEPARABLE_OPS, TRANSPOSE_OPS
+from kopt.ir.ops import CONV_OPS, DEPTHWISE_OPS, SEPARABLE_OPS, TRANSPOSE_OPS, single_axis
 
 if TYPE_CHECKING:
     from kopt.ir.graph import Graph
@@ -44,11 +44,9 @@ def expected_weight_shapes(g: Graph, node: Node) -> dict[str, tuple] | None:
         out = cfg["units"]
         shapes = {"kernel": (cin, out)}
     elif op == "BatchNormalization":
-        axis = cfg.get("axis", -1)
-        if isinstance(axis, (list, tuple)):
-            if len(axis) != 1:
-                return None
-            axis = axis[0]
+        axis = single_axis(cfg)
+        if axis is None:
+            return None
         c = g.input_shapes(node.name)[0][axis]
         names = ["moving_mean", "moving_variance"]
         names = (["gamma"] if cfg.get("scale", True) else []) + \

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kopt.ir.node import Node
+
 CONV_OPS = {"Conv1D", "Conv2D", "Conv3D"}
 DEPTHWISE_OPS = {"DepthwiseConv1D", "DepthwiseConv2D"}
 SEPARABLE_OPS = {"SeparableConv1D", "SeparableConv2D"}
@@ -37,3 +42,22 @@ def kind(op: str) -> str:
 def category(op: str) -> str:
     """'tensor' for ops that multiply weights into data (conv, dense, matmul); else 'non-tensor'."""
     return "tensor" if op in TENSOR_OPS else "non-tensor"
+
+
+def channels_last(node: Node) -> bool:
+    """True unless the layer says data_format="channels_first" (rules assume channels last)."""
+    return node.config.get("data_format", "channels_last") in ("channels_last", None)
+
+
+def single_axis(config: dict) -> int | None:
+    """A layer's `axis` setting as one int (BN stores a one-element list), None if several."""
+    axis = config.get("axis", -1)
+    if isinstance(axis, (list, tuple)):
+        return axis[0] if len(axis) == 1 else None
+    return axis
+
+
+def last_axis(config: dict, rank: int) -> bool:
+    """True if the layer's `axis` is the last axis of a rank-`rank` tensor: the channel axis
+    in channels-last layouts."""
+    return single_axis(config) in (-1, rank - 1)
