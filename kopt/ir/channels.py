@@ -19,7 +19,6 @@ by them, so every member stays consistent. Indices change after pruning: recompu
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -29,7 +28,6 @@ from kopt.errors import KoptError
 from kopt.ir import Graph, Node
 from kopt.ir.ops import CONV_OPS, KINDS, channels_last, last_axis
 
-log = logging.getLogger(__name__)
 
 Atom = tuple[str, int]
 CMap = list  # list[Atom | None] along the last axis, or None when unknown
