@@ -156,9 +156,10 @@ class PassManager:
     def _run_rules(self, g: Graph, rules: list[Rule], report: Report,
                    keep: list | None = None) -> tuple[Graph, list]:
         snapshots = list(keep or [])
+        rules = list(rules)
         for _ in range(self.rounds):
             changed = False
-            for rule in rules:
+            for rule in list(rules):
                 before, n_before = g.copy(), len(report.applied)
                 try:
                     n = self._apply_rule(g, rule, report)
@@ -168,6 +169,7 @@ class PassManager:
                                 rule.name, err)
                     report.rolled_back.append((rule.name, str(err)))
                     del report.applied[n_before:]  # this call's applications only
+                    rules.remove(rule)  # not retried: it would break the graph again
                     g, n = before, 0
                 if n:
                     changed = True
