@@ -155,8 +155,9 @@ class PassManager:
 
     def _run_rules(self, g: Graph, rules: list[Rule], report: Report,
                    keep: list | None = None) -> tuple[Graph, list]:
+        """Rounds of `rules` until nothing changes; a rule that fails lint is removed from
+        `rules` (the caller's list) so no later round or rerun retries it."""
         snapshots = list(keep or [])
-        rules = list(rules)
         for _ in range(self.rounds):
             changed = False
             for rule in list(rules):
