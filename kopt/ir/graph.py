@@ -114,8 +114,9 @@ class Graph:
 
     def is_shared(self, node: Node) -> bool:
         """True if the node's Keras layer is called elsewhere too (rules must not change it)."""
-        key = node.shared_key or node.name
-        return sum(1 for n in self.nx.nodes if (self[n].shared_key or n) == key) > 1
+        if node.shared_key is None:  # the frontend keys every call of a layer called twice
+            return False
+        return sum(1 for n in self.nx.nodes if self[n].shared_key == node.shared_key) > 1
 
     # ---- edits --------------------------------------------------------------------------
     def rewire(self, old: str, new: str, port_map: dict[int, int] | None = None) -> None:

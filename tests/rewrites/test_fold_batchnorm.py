@@ -6,21 +6,11 @@ import keras
 import numpy as np
 import pytest
 
-import kopt
-from kopt.rewriting import Match, PassManager, Rule
-from kopt.testing import assert_same_function, randomize_weights
+from kopt.rewriting import Match, Rule
+from kopt.testing import check_rule
 from rewrites.fold_batchnorm import FoldBatchNorm
 
 L = keras.layers
-
-
-def _run(model, rules=None):
-    """Randomise BN statistics, run the rules with verification, emit; check equivalence."""
-    randomize_weights(model, seed=3)
-    g, report = PassManager(rules or [FoldBatchNorm()], verify=True).run(kopt.from_keras(model))
-    out = kopt.to_keras(g)
-    assert_same_function(model, out, rtol=1e-5)
-    return g, report
 
 
 def _model(shape, *layers):
@@ -49,8 +39,7 @@ SHAPES = {"conv1d": (12, 4), "dense": (10,), "dense_nobias": (10,)}
 @pytest.mark.parametrize("op", sorted(AFTER))
 def test_bn_after_linear_op_is_folded(op, bn_kw):
     m = _model(SHAPES.get(op, (9, 9, 4)), AFTER[op](), L.BatchNormalization(**bn_kw))
-    g, report = _run(m)
-    assert report.counts() == {"fold_batchnorm": 1}
+    g = check_rule(m, FoldBatchNorm(), applied={"fold_batchnorm": 1}, seed=3).graph
     assert not g.nodes_of("BatchNormalization")
     lin = [n for n in g if n.op != "InputLayer"][0]
     assert "bias" in lin.weights and lin.config["use_bias"] is True
@@ -69,28 +58,23 @@ BEFORE = {
 @pytest.mark.parametrize("op", sorted(BEFORE))
 def test_bn_before_valid_linear_op_is_folded(op):
     m = _model(SHAPES.get(op, (9, 9, 4)), L.BatchNormalization(), BEFORE[op]())
-    g, report = _run(m)
-    assert report.counts() == {"fold_batchnorm": 1}
+    g = check_rule(m, FoldBatchNorm(), applied={"fold_batchnorm": 1}, seed=3).graph
     assert not g.nodes_of("BatchNormalization")
 
 
 def test_bn_after_relu_conv_folds_forward_into_next_valid_conv():
     m = _model((9, 9, 3), L.Conv2D(4, 3, activation="relu"), L.BatchNormalization(),
                L.Conv2D(5, 3), L.BatchNormalization())
-    g, report = _run(m)
-    assert report.counts() == {"fold_batchnorm": 2}
-    assert not g.nodes_of("BatchNormalization")
-    assert any("activation 'relu'" in d.reason for d in report.declined)
+    r = check_rule(m, FoldBatchNorm(), applied={"fold_batchnorm": 2},
+                   declined="activation 'relu'", seed=3)
+    assert not r.graph.nodes_of("BatchNormalization")
 
 
 def _declined(m, needle):
-    g, report = _run(m)
-    assert report.counts() == {}
-    assert len(g.nodes_of("BatchNormalization")) >= 1
-    reasons = [d.reason for d in report.declined]
-    assert any(needle in r for r in reasons), reasons
-    bn = g.nodes_of("BatchNormalization")[0].name
-    assert report.why(bn)
+    r = check_rule(m, FoldBatchNorm(), applied=0, declined=needle, seed=3)
+    assert len(r.graph.nodes_of("BatchNormalization")) >= 1
+    bn = r.graph.nodes_of("BatchNormalization")[0].name
+    assert r.report.why(bn)
 
 
 def test_declines_activation_between_conv_and_bn():
@@ -124,10 +108,8 @@ def test_declines_shared_conv():
     a, b = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
     conv = L.Conv2D(4, 3)
     m = keras.Model([a, b], [L.BatchNormalization()(conv(a)), L.BatchNormalization()(conv(b))])
-    randomize_weights(m, seed=3)
-    g, report = PassManager([FoldBatchNorm()]).run(kopt.from_keras(m))
-    assert report.counts() == {} and len(g.nodes_of("BatchNormalization")) == 2
-    assert any("shared layer" in d.reason for d in report.declined)
+    r = check_rule(m, FoldBatchNorm(), applied=0, declined="shared layer", seed=3)
+    assert len(r.graph.nodes_of("BatchNormalization")) == 2
 
 
 class _ZeroBias(Rule):
@@ -147,19 +129,19 @@ class _ZeroBias(Rule):
 def test_pass_manager_rolls_back_a_broken_rule(caplog):
     m = _model((8, 8, 3), L.Conv2D(4, 3), L.BatchNormalization(), L.ReLU(), L.Conv2D(2, 3))
     with caplog.at_level(logging.WARNING, logger="kopt"):
-        g, report = _run(m, [FoldBatchNorm(), _ZeroBias()])
-    assert [r for r, _ in report.rolled_back] == ["zero_bias"]
-    assert "outputs changed" in report.rolled_back[0][1]
-    assert report.counts() == {"fold_batchnorm": 1}  # the good rule's work is kept
-    assert not g.nodes_of("BatchNormalization")
-    assert any("zero_bias" in r.message and "rolled back" in r.message for r in caplog.records)
+        r = check_rule(m, [FoldBatchNorm(), _ZeroBias()], rolled_back="zero_bias",
+                       applied={"fold_batchnorm": 1}, seed=3)  # the good rule's work is kept
+    assert "outputs changed" in r.report.rolled_back[0][1]
+    assert not r.graph.nodes_of("BatchNormalization")
+    assert any("zero_bias" in rec.message and "rolled back" in rec.message
+               for rec in caplog.records)
 
 
 def test_mobilenetv2_loses_every_bn_and_relu6():
     from rewrites.fuse_vertical import FuseVertical
 
     m = keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), alpha=0.35)
-    g, report = _run(m, [FoldBatchNorm(), FuseVertical()])
-    assert report.counts()["fold_batchnorm"] == 52
-    assert not g.nodes_of("BatchNormalization") and not g.nodes_of("ReLU")
-    assert report.max_error < 1e-5 and not report.rolled_back
+    r = check_rule(m, [FoldBatchNorm(), FuseVertical()], seed=3)  # and nothing rolled back
+    assert r.report.counts()["fold_batchnorm"] == 52
+    assert not r.graph.nodes_of("BatchNormalization") and not r.graph.nodes_of("ReLU")
+    assert r.report.max_error < 1e-5

@@ -4,8 +4,7 @@ import keras
 import numpy as np
 
 import kopt
-from kopt.rewriting import PassManager
-from kopt.testing import model_inputs, outputs
+from kopt.testing import check_rule, model_inputs, outputs
 from rewrites.maxpool_to_conv import MaxPoolToConv
 
 
@@ -18,13 +17,13 @@ def _model(pool, padding="valid"):
 
 def test_starts_as_average_pool():
     model = _model(keras.layers.MaxPooling2D)
-    g, report = PassManager([MaxPoolToConv()], verify=False).run(kopt.from_keras(model))
-    assert report.counts() == {"maxpool_to_conv": 1}
+    r = check_rule(model, MaxPoolToConv(), applied={"maxpool_to_conv": 1})
+    g = r.graph
     assert [n.op for n in g.topological()][2] == "DepthwiseConv2D"
     avg = _model(keras.layers.AveragePooling2D)
     avg.set_weights(model.get_weights())
     x = model_inputs(model, batch=3)
-    got, want = outputs(kopt.to_keras(g), x), outputs(avg, x)
+    got, want = outputs(r.model, x), outputs(avg, x)
     assert got[0].shape == want[0].shape == (3, 4 * 4 * 4)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
     assert g.count_macs() > kopt.from_keras(model).count_macs()  # the price: the retrained op
@@ -32,13 +31,12 @@ def test_starts_as_average_pool():
 
 def test_same_padding_keeps_shape():
     model = _model(keras.layers.MaxPooling2D, padding="same")
-    g, _ = PassManager([MaxPoolToConv()], verify=False).run(kopt.from_keras(model))
-    assert kopt.to_keras(g).output_shape == model.output_shape
+    assert check_rule(model, MaxPoolToConv(), applied=1).model.output_shape == model.output_shape
 
 
 def test_declines_shared_pool():
     a, b = keras.Input((8, 8, 2)), keras.Input((8, 8, 2))
     pool = keras.layers.MaxPooling2D(name="shared")
     model = keras.Model([a, b], [pool(a), pool(b)])
-    g, report = PassManager([MaxPoolToConv()], verify=False).run(kopt.from_keras(model))
-    assert report.counts() == {} and "shared" in report.declined[0].reason
+    report = check_rule(model, MaxPoolToConv(), applied=0, declined="shared").report
+    assert "shared" in report.declined[0].reason

@@ -9,10 +9,8 @@ import pytest
 import kopt
 from kopt.flows.distill import recalibrate_bn
 from kopt.flows.data import load_digits
-from kopt.keras_io import to_keras
 from kopt.keras_io import from_keras
-from kopt.rewriting import PassManager, max_relative_error
-from kopt.testing import randomize_weights
+from kopt.testing import check_rule, randomize_weights
 from rewrites.merge_inception import MergeInception, dominator_tree, receptive_field
 
 L = keras.layers
@@ -34,38 +32,32 @@ def _linear_block(strides: int = 1, leak: bool = False) -> keras.Model:
     return randomize_weights(keras.Model(x, outputs))
 
 
-def _merge(model, data, **options):
-    return PassManager([MergeInception(data, **options)], verify=False).run(from_keras(model))
-
-
 def test_linear_block_is_fitted_exactly(rng):
     model = _linear_block()
     x = rng.normal(size=(64, 10, 10, 8)).astype("float32")
-    g, report = _merge(model, x, width=1.0, ridge=1e-9)
-    assert report.counts() == {"merge_inception": 1}
+    r = check_rule(model, MergeInception(x, width=1.0, ridge=1e-9),
+                   applied={"merge_inception": 1}, randomize=False, x=x[:8])
+    g = r.graph
     merged = [n for n in g if n.op == "Conv2D"]
     assert len(merged) == 1 and merged[0].weights["kernel"].shape == (3, 3, 8, 24)
     assert merged[0].config["activation"] in ("linear", None)  # outputs go negative: no ReLU
     assert merged[0].meta["fit_error"] < 1e-3
     assert g.count_macs() < from_keras(model).count_macs()
-    err = max_relative_error([model.predict(x[:8], verbose=0)],
-                             [to_keras(g).predict(x[:8], verbose=0)])
-    assert err < 1e-3
+    assert r.error < 1e-3
 
 
 def test_declines_with_reasons(rng):
     x = rng.normal(size=(16, 10, 10, 8)).astype("float32")
-    _, report = _merge(_linear_block(strides=2), x, width=1.0)
-    assert not report.applied and "'b1' is strided" in report.declined[0].reason
-    _, report = _merge(_linear_block(leak=True), x, width=1.0)
-    assert not report.applied and "also read outside" in report.declined[0].reason
-    _, report = _merge(_linear_block(), None)
-    assert "needs calibration data" in report.declined[0].reason
+    def declines(model, rule):
+        return check_rule(model, rule, applied=0, randomize=False).report.declined[0].reason
+
+    assert "'b1' is strided" in declines(_linear_block(strides=2), MergeInception(x, width=1.0))
+    assert "also read outside" in declines(_linear_block(leak=True), MergeInception(x, width=1.0))
+    assert "needs calibration data" in declines(_linear_block(), MergeInception(None))
     cheap = keras.Input((10, 10, 8))  # two 1x1 branches: one 3x3 conv costs more
     cat = L.Concatenate()([L.Conv2D(8, 1)(cheap), L.Conv2D(8, 1)(L.ReLU()(cheap))])
-    _, report = _merge(keras.Model(cheap, cat), x)
-    assert "MACs against" in report.declined[0].reason and "lower width" in \
-        report.declined[0].reason
+    reason = declines(keras.Model(cheap, cat), MergeInception(x))
+    assert "MACs against" in reason and "lower width" in reason
 
 
 def test_residual_block_region_and_receptive_field():
@@ -111,15 +103,16 @@ def digits_tree():
 def test_inception_block_merged_narrower_keeps_accuracy(digits_tree):
     """Held-out digits accuracy before vs after merge (width 0.5) + short distillation."""
     model, (x, y), (xt, yt) = digits_tree
-    g, report = _merge(model, x, width=0.5, round_to=8)
-    assert report.counts() == {"merge_inception": 1}
+    r = check_rule(model, MergeInception(x, width=0.5, round_to=8),
+                   applied={"merge_inception": 1}, randomize=False)
+    g = r.graph
     assert "mixed" not in g and g.count_macs() < from_keras(model).count_macs()
     merged = next(n for n in g if n.name.startswith("mixed_merged"))
     assert merged.weights["kernel"].shape == (3, 3, 16, 32)  # 64 channels -> 32
     assert merged.config["activation"] == "relu"
     assert 0.0 < merged.meta["fit_error"] < 0.6  # non-linear branches: only approximated
     assert g["reader"].weights["kernel"].shape[2] == 32  # the reader lost the dropped inputs
-    small = to_keras(g)
+    small = r.model
     kopt.retrain(small, teacher=model, data=(x, y), epochs=3)
     before = np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt)
     after = np.mean(np.argmax(small.predict(xt, verbose=0), -1) == yt)

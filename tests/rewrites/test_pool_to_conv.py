@@ -1,23 +1,12 @@
 """PoolToConv: valid avg-pool -> depthwise conv, and avg-pool + 1x1 conv -> one k x k conv."""
 
-from collections import Counter
-
 import keras
 import pytest
 
-import kopt
-from kopt.rewriting import PassManager
-from kopt.testing import assert_same_function, randomize_weights
+from kopt.testing import check_rule
 from rewrites.pool_to_conv import PoolToConv
 
 L = keras.layers
-
-
-def _run(model, rule):
-    model = randomize_weights(model)
-    g, report = PassManager([rule], verify=True).run(kopt.from_keras(model))
-    assert assert_same_function(model, kopt.to_keras(g), rtol=1e-5) <= 1e-5
-    return g, report, Counter(n.op for n in g)
 
 
 def _pool_branch(filters, pool=3, strides=1, padding="valid", conv_strides=1):
@@ -28,32 +17,29 @@ def _pool_branch(filters, pool=3, strides=1, padding="valid", conv_strides=1):
     return keras.Model(x, y)
 
 
-def _reasons(report):
-    return [d.reason for d in report.declined]
-
-
 def test_fold_when_macs_do_not_grow():
-    g, report, ops = _run(_pool_branch(1), PoolToConv())  # 9*8*1 <= 9*8 + 8*1 MACs
-    assert report.counts() == {"pool_to_conv": 1}
-    assert ops == {"InputLayer": 1, "Conv2D": 1}
-    conv = g.nodes_of("Conv2D")[0]
+    r = check_rule(_pool_branch(1), PoolToConv(),  # 9*8*1 <= 9*8 + 8*1 MACs
+                   applied={"pool_to_conv": 1})
+    assert r.ops == {"InputLayer": 1, "Conv2D": 1}
+    conv = r.graph.nodes_of("Conv2D")[0]
     assert tuple(conv.config["kernel_size"]) == (3, 3) and conv.output_shape == (None, 7, 7, 1)
 
 
 def test_fold_declined_by_cost_model_then_allowed_by_budget():
     model = _pool_branch(4)
-    _, report, ops = _run(model, PoolToConv())
-    assert report.counts() == {} and ops["AveragePooling2D"] == 1
-    assert any("MACs" in r and "max_mac_growth=1.0" in r for r in _reasons(report))
-    g, report, ops = _run(model, PoolToConv(max_mac_growth=3.0))  # 288 vs 104 per pixel
-    assert report.counts() == {"pool_to_conv": 1} and "AveragePooling2D" not in ops
+    r = check_rule(model, PoolToConv(), applied=0)
+    assert r.ops["AveragePooling2D"] == 1
+    assert any("MACs" in d.reason and "max_mac_growth=1.0" in d.reason
+               for d in r.report.declined)
+    r = check_rule(model, PoolToConv(max_mac_growth=3.0),  # 288 vs 104 per pixel
+                   applied={"pool_to_conv": 1})
+    assert "AveragePooling2D" not in r.ops
 
 
 def test_non_square_strided_pool_folds():
-    g, report, ops = _run(_pool_branch(6, pool=(2, 3), strides=(2, 1)),
-                          PoolToConv(max_mac_growth=10))
-    assert report.counts() == {"pool_to_conv": 1}
-    conv = g.nodes_of("Conv2D")[0]
+    r = check_rule(_pool_branch(6, pool=(2, 3), strides=(2, 1)), PoolToConv(max_mac_growth=10),
+                   applied={"pool_to_conv": 1})
+    conv = r.graph.nodes_of("Conv2D")[0]
     assert tuple(conv.config["strides"]) == (2, 1) and conv.output_shape == (None, 4, 7, 6)
 
 
@@ -61,12 +47,10 @@ def test_standalone_pool_becomes_depthwise_only_when_asked():
     x = keras.Input((8, 8, 5))
     p = L.AveragePooling2D(2)(x)
     model = keras.Model(x, [L.ReLU()(p), L.Conv2D(3, 1)(p)])  # pool read twice: no fold
-    _, report, ops = _run(model, PoolToConv())
-    assert report.counts() == {} and ops["AveragePooling2D"] == 1
-    assert any("standalone=True" in r for r in _reasons(report))
-    g, report, ops = _run(model, PoolToConv(standalone=True))
-    assert report.counts() == {"pool_to_conv": 1}
-    assert ops["DepthwiseConv2D"] == 1 and "AveragePooling2D" not in ops
+    r = check_rule(model, PoolToConv(), applied=0, declined="standalone=True")
+    assert r.ops["AveragePooling2D"] == 1
+    r = check_rule(model, PoolToConv(standalone=True), applied={"pool_to_conv": 1})
+    assert r.ops["DepthwiseConv2D"] == 1 and "AveragePooling2D" not in r.ops
 
 
 @pytest.mark.parametrize("kwargs, reason", [
@@ -74,6 +58,5 @@ def test_standalone_pool_becomes_depthwise_only_when_asked():
     (dict(conv_strides=2), "has strides (2, 2)"),
 ])
 def test_near_misses_are_declined(kwargs, reason):
-    _, report, ops = _run(_pool_branch(1, **kwargs), PoolToConv(standalone=True))
-    assert ops["AveragePooling2D"] == (1 if "padding" in kwargs else 0)
-    assert any(reason in r for r in _reasons(report)), _reasons(report)
+    r = check_rule(_pool_branch(1, **kwargs), PoolToConv(standalone=True), declined=reason)
+    assert r.ops["AveragePooling2D"] == (1 if "padding" in kwargs else 0)

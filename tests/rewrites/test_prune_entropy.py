@@ -8,8 +8,8 @@ import pytest
 import kopt
 from kopt.errors import KoptError
 from kopt.ir.channels import channel_groups, prune_group
-from kopt.rewriting import PassManager, max_relative_error
-from kopt.testing import model_inputs, outputs, randomize_weights
+from kopt.rewriting import max_relative_error
+from kopt.testing import check_rule, model_inputs, outputs, randomize_weights
 from rewrites.prune_entropy import PruneEntropy, channel_scores, prune, sensitivity
 
 
@@ -120,19 +120,18 @@ def test_entropy_removes_dead_channel_first():
     scores = channel_scores(g, _groups(g)["conv"], "entropy", x)
     assert np.argmin(scores) == 3 and scores[3] == 0.0 and np.all(np.delete(scores, 3) > 1.0)
     rule = PruneEntropy(x, ratio=1 / 8, round_to=1, min_channels=1)
-    out, report = PassManager([rule], verify=False).run(g)
-    assert report.counts() == {"prune_entropy": 1}
-    kept = out["conv"].weights["kernel"]
+    r = check_rule(model, rule, applied={"prune_entropy": 1}, randomize=False, x=x)
+    kept = r.graph["conv"].weights["kernel"]
     np.testing.assert_array_equal(kept, np.delete(model.get_layer("conv").get_weights()[0], 3, -1))
-    assert max_relative_error(outputs(model, x), outputs(kopt.to_keras(out), x)) < 1e-5
+    assert r.error < 1e-5
 
 
 def test_round_to_declines_and_sensitivity():
     model = _dead_channel_model()
     x = np.random.default_rng(0).normal(0, 1, (16, 8, 8, 1)).astype("float32")
-    g = kopt.from_keras(model)
-    _, report = PassManager([PruneEntropy(x, ratio=0.25)], verify=False).run(g)
+    report = check_rule(model, PruneEntropy(x, ratio=0.25), applied=0, randomize=False).report
     assert "removes nothing" in report.why("conv")[0].reason  # 6 kept -> rounded up to 8
+    g = kopt.from_keras(model)
     labels = np.argmax(outputs(model, x)[0], axis=-1)
     result = sensitivity(g, x, labels, ratios=(0.125, 0.75), tolerance=0.0, round_to=1,
                          min_channels=1)

@@ -6,8 +6,8 @@ import pytest
 
 import kopt
 from kopt.flows.data import load_digits
-from kopt.rewriting import Match, PassManager, max_relative_error
-from kopt.testing import model_inputs, outputs, randomize_weights
+from kopt.rewriting import Match, max_relative_error
+from kopt.testing import check_rule, model_inputs, outputs, randomize_weights
 from rewrites.svd_spatial import SvdSpatial, factor, unfold
 
 
@@ -15,10 +15,6 @@ def _conv_model(shape=(11, 13, 6), filters=8, name="c", **conv):
     x = keras.Input(shape)
     y = keras.layers.Conv2D(filters, name=name, **conv)(x)
     return randomize_weights(keras.Model(x, y), all_weights=True)
-
-
-def _run(model, rule):
-    return PassManager([rule], verify=False).run(kopt.from_keras(model))
 
 
 def _error(model, g, batch=4):
@@ -75,8 +71,9 @@ def test_rank_two_kernel_reproduced_and_smaller(rng):
     layer = model.get_layer("c")
     layer.set_weights([_separable_kernel(rng), layer.get_weights()[1]])
     g0 = kopt.from_keras(model)
-    g, report = _run(model, SvdSpatial(energy=0.999))
-    assert report.counts() == {"svd_spatial": 1}
+    r = check_rule(model, SvdSpatial(energy=0.999), applied={"svd_spatial": 1},
+                   randomize=False, x=model_inputs(model, batch=4))
+    g, report = r.graph, r.report
     v, h = g.nodes_of("Conv2D")
     assert v.config["filters"] == 2 and v.config["kernel_size"] == (3, 1)
     assert h.config["kernel_size"] == (1, 3) and h.config["filters"] == 32
@@ -84,14 +81,12 @@ def test_rank_two_kernel_reproduced_and_smaller(rng):
     print(f"rank 2: params {params[0]} -> {params[1]}, MACs {macs[0]} -> {macs[1]}")
     assert params == (3 * 3 * 16 * 32 + 32, 2 * (3 * 16 + 3 * 32) + 32)
     assert macs[1] < macs[0] / 10
-    err = _error(model, g)
-    print(f"rank 2 relative error {err:.2e}")
-    assert err < 1e-5
+    print(f"rank 2 relative error {r.error:.2e}")
+    assert r.error < 1e-5
     # fixed point: the (3, 1) and (1, 3) factors are never factored again
     reasons = {d.nodes[0]: d.reason for d in report.declined}
     assert "kernel is 3x1" in reasons["c_v"] and "kernel is 1x3" in reasons["c_h"]
-    _, again = _run(kopt.to_keras(g), SvdSpatial(energy=0.5))
-    assert again.counts() == {}
+    check_rule(r.model, SvdSpatial(energy=0.5), applied=0, randomize=False)
 
 
 def test_rank_by_ratio_and_energy(rng):
@@ -111,8 +106,8 @@ def test_declines_with_reasons():
     shared = keras.layers.Conv2D(16, 3, padding="same", name="shared")
     y = keras.layers.Concatenate()([shared(d), shared(d), e])
     model = randomize_weights(keras.Model([x, mono], y), all_weights=True)
-    g, report = _run(model, SvdSpatial(energy=0.9))
-    assert report.counts() == {}
+    report = check_rule(model, SvdSpatial(energy=0.9), applied=0, randomize=False,
+                        declined="shared").report
     reasons = {n: report.why(n)[0].reason for n in
                ("pointwise", "dilated", "grouped", "full", "tiny")}
     assert "kernel is 1x1" in reasons["pointwise"]
@@ -120,7 +115,6 @@ def test_declines_with_reasons():
     assert "grouped" in reasons["grouped"]
     assert "would not save parameters" in reasons["full"]
     assert "min_size" in reasons["tiny"]
-    assert any("shared" in d.reason for d in report.declined)
     for name, why in reasons.items():
         print(f"{name}: {why}")
 
@@ -129,8 +123,7 @@ def test_declines_when_macs_grow():
     # a wide input, stride 4 across columns: the (5, 1) conv runs at every input column, so
     # the factors cost more MACs than the conv even at a rank that halves the parameters
     model = _conv_model((8, 64, 16), 16, kernel_size=5, strides=(1, 4), padding="same")
-    g, report = _run(model, SvdSpatial(ratio=0.5))
-    assert report.counts() == {}
+    report = check_rule(model, SvdSpatial(ratio=0.5), applied=0, randomize=False).report
     assert "not MACs" in report.why("c")[0].reason
 
 
@@ -156,13 +149,15 @@ def test_accuracy_on_digits_after_retrain():
     g0 = kopt.from_keras(model)
     # two epochs leave conv2's unfolded (48 x 96) spectrum flat: 95% of its energy needs rank
     # 34, past the break-even rank 32 (r * 144 < 4608), so energy 0.95 declines here
-    _, report = _run(model, SvdSpatial(energy=0.95, min_size=1000))
-    assert report.counts() == {}
+    report = check_rule(model, SvdSpatial(energy=0.95, min_size=1000), applied=0,
+                        randomize=False).report
     assert "would not save parameters" in report.why("conv2")[0].reason
-    g, report = _run(model, SvdSpatial(energy=0.8, min_size=1000))  # conv1 is 144 weights
-    assert report.counts() == {"svd_spatial": 1} and report.applied[0].nodes == ["conv2"]
+    r = check_rule(model, SvdSpatial(energy=0.8, min_size=1000),  # conv1 is 144 weights
+                   applied={"svd_spatial": 1}, randomize=False)
+    g, report = r.graph, r.report
+    assert report.applied[0].nodes == ["conv2"]
     assert "min_size" in report.why("conv1")[0].reason
-    small = kopt.to_keras(g)
+    small = r.model
     factored = _accuracy(small, xt, yt)
     kopt.retrain(small, teacher=model, data=(x, y), epochs=2)
     after = _accuracy(small, xt, yt)
