@@ -32,6 +32,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _optimize(args: argparse.Namespace) -> int:
     from kopt.api import Optimizer
     from kopt.keras_io import load_model
+    from kopt.keras_io.loading import load_arrays
 
     model = load_model(args.model, safe_mode=not args.unsafe)
     opt = Optimizer(verify=not args.no_verify, tolerance=args.tolerance)
@@ -39,8 +40,8 @@ def _optimize(args: argparse.Namespace) -> int:
         new = opt.optimize(model)
         print(opt.report)
     else:
-        data = _load_xy(args.data)
-        validation = None if args.validation is None else _load_xy(args.validation)
+        data = load_arrays(args.data)
+        validation = None if args.validation is None else load_arrays(args.validation)
         new = opt.optimize(model, data, validation, max_accuracy_drop=args.max_drop,
                            epochs=args.epochs, progress=True)
         print(f"{'step':<28}{'params':>10}{'MACs':>14}{'val acc':>9}  kept")
@@ -50,22 +51,6 @@ def _optimize(args: argparse.Namespace) -> int:
     new.save(args.output)
     print(f"wrote {args.output}")
     return 0
-
-
-def _load_xy(path: str) -> tuple:
-    """(x, y) from a .npz holding 'x' and optionally 'y' (no pickles: safe to load)."""
-    import numpy as np
-
-    from kopt.errors import DataError
-
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "x" not in f.files:
-                raise DataError(f"{path}: needs an array named 'x' (and optionally 'y'), "
-                                f"found {f.files}")
-            return f["x"], (f["y"] if "y" in f.files else None)
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read {path}: {err}") from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +124,7 @@ def _export(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from kopt.flows.data import load_digits_like
     from kopt.keras_io import load_model
+    from kopt.keras_io.loading import load_arrays
     from kopt.runtime import export_onnx, export_tflite
 
     model = load_model(args.model, safe_mode=not args.unsafe)
@@ -146,24 +132,15 @@ def _export(argv: list[str]) -> int:
     if fmt == "onnx":
         print(export_onnx(model, args.output, verify=not args.no_verify).summary())
         return 0
-    data = load_digits_like(model)[0] if args.digits else load_array(args.data)
+    if args.digits:
+        data = load_digits_like(model)[0]
+    else:
+        data = None if args.data is None else load_arrays(args.data)[0]
     quantize = None if args.quantize == "none" else args.quantize
     result = export_tflite(model, args.output, representative_data=data, quantize=quantize,
                            int8_io=not args.float_io, verify=not args.no_verify)
     print(result.summary())
     return 0
-
-
-def load_array(path: str | None) -> Any:
-    """x from a .npy file or a .npz file (key 'x', else its first array); None for None."""
-    import numpy as np
-
-    if path is None:
-        return None
-    data = np.load(path)
-    if isinstance(data, np.lib.npyio.NpzFile):
-        return data["x"] if "x" in data.files else data[data.files[0]]
-    return data
 
 
 def _report(argv: list[str]) -> int:

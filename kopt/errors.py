@@ -23,3 +23,8 @@ class VerificationError(KoptError):
 
 class DataError(KoptError):
     """Calibration / representative data is missing, empty or has the wrong shape."""
+
+
+class UnsafeModelError(UnsupportedModelError):
+    """Loading the model file could run code stored in it (a Lambda's bytecode, a layer class
+    kopt cannot vouch for); load files you trust with safe_mode=False (CLI: --unsafe)."""

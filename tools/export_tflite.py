@@ -46,11 +46,10 @@ def load_data(args: argparse.Namespace, model) -> tuple:
         x = load_images(args.images, model.input_shape)
         return x, x, None
     if args.data:
-        data = np.load(args.data)
-        if isinstance(data, np.lib.npyio.NpzFile):
-            x = data["x"] if "x" in data.files else data[data.files[0]]
-            return x, x, (data["y"] if "y" in data.files else None)
-        return data, data, None
+        from kopt.keras_io.loading import load_arrays  # never unpickles: see docs/security.md
+
+        x, y = load_arrays(args.data)
+        return x, x, y
     return None, None, None
 
 
