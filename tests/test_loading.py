@@ -255,6 +255,33 @@ def test_unknown_or_refused_layer_classes(files, tmp_path, name, cls, reason):
             kopt.load_model(path, safe_mode=False)
 
 
+def test_tf_op_layers_may_only_call_pure_functions(tmp_path):
+    """tf_keras stores `tf.*` calls as TFOpLambda layers naming a TensorFlow function, which
+    runs whenever the model does: tf.math.add loads; tf.io.write_file is refused."""
+    import tensorflow as tf
+
+    inp = tf_keras.Input((4,))
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(2, name="fc")(tf.math.add(inp, 1.0)))
+    model.save(tmp_path / "op.h5")
+    loaded = kopt.load_model(tmp_path / "op.h5")
+    np.testing.assert_allclose(np.asarray(loaded(X)), np.asarray(model(X)), rtol=1e-6)
+
+    def to_write_file(config):
+        op = next(layer for layer in config["config"]["layers"]
+                  if layer["class_name"] == "TFOpLambda")
+        op["config"]["function"] = "io.write_file"
+        return config
+
+    path = _edit_config(tmp_path / "op.h5", tmp_path / "writes.h5", to_write_file)
+    with pytest.raises(UnsafeModelError, match=r"TFOpLambda\) calls tf.io.write_file.*--unsafe"):
+        kopt.load_model(path)
+    for name in ("raw_ops.WriteFile", "py_function", "compat.v1.py_func", "math.sub.x"):
+        config = {"class_name": "Functional", "config": {"layers": [
+            {"class_name": "TFOpLambda", "config": {"name": "op", "function": name}}]}}
+        with pytest.raises(UnsafeModelError, match="side-effect-free"):
+            check_model_config(StoredModel(config, None, "2.21.0"), "m.h5")
+
+
 def test_custom_layers_need_custom_objects_or_registration(tmp_path):
     class Twice(keras.layers.Layer):
         def call(self, x):

@@ -41,8 +41,20 @@ _SUBLAYER_KEYS = ("layers", "layer", "forward_layer", "backward_layer", "cell", 
 _KERAS_PACKAGES = frozenset({"keras", "tf_keras", "keras_hub", "keras_cv", "keras_nlp"})
 _MODEL_CLASSES = frozenset({"Functional", "Model", "Sequential"})
 # tf_keras records a `tf.*` call in a functional model as one of these; they call a TensorFlow
-# API function named in the file (no Python code): see docs/security.md.
+# API function named in the file (no Python code) whenever the model runs. Safe mode allows
+# only side-effect-free math and array functions: a file naming tf.io.write_file,
+# tf.py_function or tf.raw_ops.* would otherwise act on the machine each time kopt runs it.
 _TF_KERAS_OP_LAYERS = frozenset({"TFOpLambda", "SlicingOpLambda"})
+_PURE_TF_NAMESPACES = ("math.", "nn.", "linalg.", "__operators__.", "bitwise.", "signal.")
+_PURE_TF_FUNCTIONS = frozenset({
+    "abs", "add", "argmax", "argmin", "argsort", "boolean_mask", "broadcast_to", "cast",
+    "clip_by_value", "concat", "divide", "einsum", "exp", "expand_dims", "fill", "gather",
+    "gather_nd", "identity", "matmul", "maximum", "minimum", "multiply", "one_hot",
+    "ones_like", "pad", "range", "rank", "reduce_max", "reduce_mean", "reduce_min",
+    "reduce_prod", "reduce_sum", "repeat", "reshape", "reverse", "roll", "shape", "sigmoid",
+    "size", "slice", "sort", "split", "sqrt", "square", "squeeze", "stack", "strided_slice",
+    "subtract", "tanh", "tile", "transpose", "unstack", "where", "zeros_like",
+    "image.resize", "image.crop_to_bounding_box", "image.pad_to_bounding_box"})
 _REFUSED_LAYERS = {"TFSMLayer": "loads a TensorFlow SavedModel from a path named in the file"}
 _MAX_CONFIG_BYTES = 64 << 20
 # A zip member that inflates past both bounds is a decompression bomb (Keras uses the same rule).
@@ -162,6 +174,12 @@ def check_model_config(stored: StoredModel, path: str, custom_objects: dict | No
         if class_name in _REFUSED_LAYERS and class_name not in custom_objects:
             raise UnsafeModelError(f"cannot load '{path}' safely: {_describe(entry)} "
                                    f"{_REFUSED_LAYERS[class_name]}; {_OPT_IN}")
+        function = _get(entry.get("config"), "function", None)
+        if class_name in _TF_KERAS_OP_LAYERS and not _is_pure_tf_function(function):
+            raise UnsafeModelError(
+                f"cannot load '{path}' safely: {_describe(entry)} calls tf.{function}, which "
+                "is not one of the side-effect-free math / array functions kopt allows in "
+                f"safe mode; {_OPT_IN}")
         if not _is_known_layer(class_name, entry.get("module"), custom_objects):
             raise UnsafeModelError(
                 f"cannot load '{path}' safely: {_describe(entry)} is not a Keras layer kopt "
@@ -183,6 +201,14 @@ def check_model_config(stored: StoredModel, path: str, custom_objects: dict | No
             todo.extend((value, owner) for value in obj.values())
         elif isinstance(obj, list):
             todo.extend((value, owner) for value in obj)
+
+
+def _is_pure_tf_function(name: Any) -> bool:
+    """Whether a TFOpLambda's `function` (a tf API path like "math.add") is allowed."""
+    if not isinstance(name, str):
+        return False
+    return name in _PURE_TF_FUNCTIONS or (name.startswith(_PURE_TF_NAMESPACES)
+                                          and name.count(".") == 1)
 
 
 def _unsafe_object(obj: dict, custom_objects: dict) -> str | None:
