@@ -16,6 +16,7 @@ from kopt.errors import (
     EmitError,
     GraphLintError,
     KoptError,
+    UnsafeModelError,
     UnsupportedModelError,
     VerificationError,
 )
@@ -46,8 +47,8 @@ _LAZY = {
     "digits_splits": "kopt.flows.data",
 }
 
-__all__ = sorted(_LAZY) + ["KoptError", "UnsupportedModelError", "EmitError", "GraphLintError",
-                           "VerificationError", "DataError", "__version__"]
+__all__ = sorted(_LAZY) + ["KoptError", "UnsupportedModelError", "UnsafeModelError", "EmitError",
+                           "GraphLintError", "VerificationError", "DataError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
