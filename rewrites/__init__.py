@@ -23,12 +23,13 @@ for _module in pkgutil.iter_modules(__path__):
 
 
 def exact_rules() -> list[Rule]:
-    """Fresh instances of the registered exact rules, in their default order."""
-    return [cls() for cls in registered(exact=True)]
+    """Fresh instances of the exact rules kopt.optimize runs by default, in their order."""
+    return [cls() for cls in EXACT]
 
 
-EXACT = registered(exact=True)
+EXACT = registered(exact=True, default_only=True)
 APPROXIMATE = registered(exact=False)
 
-globals().update({cls.__name__: cls for cls in EXACT + APPROXIMATE})
-__all__ = ["APPROXIMATE", "EXACT", "exact_rules"] + sorted(c.__name__ for c in EXACT + APPROXIMATE)
+ALL = registered()
+globals().update({cls.__name__: cls for cls in ALL})
+__all__ = ["ALL", "APPROXIMATE", "EXACT", "exact_rules"] + sorted(c.__name__ for c in ALL)

@@ -25,13 +25,19 @@ class Entry:
     rule: type[Rule]
     after: tuple[str, ...]
     before: tuple[str, ...]
+    default: bool
 
 
 _REGISTRY: dict[str, Entry] = {}
 
 
-def register(*, exact: bool, after: tuple[str, ...] = (), before: tuple[str, ...] = ()):
-    """Class decorator: record a Rule subclass under its `name`, with its exactness."""
+def register(*, exact: bool, after: tuple[str, ...] = (), before: tuple[str, ...] = (),
+             default: bool = True):
+    """Class decorator: record a Rule subclass under its `name`, with its exactness.
+
+    default=False keeps an exact rule out of `kopt.optimize`'s default set: for rules that are
+    exact in float but worth applying only when a measurement says so (e.g. int8 range
+    equalisation, chosen by the exporter on calibration data)."""
 
     def decorate(cls: type[Rule]) -> type[Rule]:
         if not (isinstance(cls, type) and issubclass(cls, Rule)):
@@ -40,15 +46,15 @@ def register(*, exact: bool, after: tuple[str, ...] = (), before: tuple[str, ...
         if known is not None and known.rule.__qualname__ != cls.__qualname__:
             raise KoptError(f"two rules are named '{cls.name}': {known.rule} and {cls}")
         cls.exact = exact
-        _REGISTRY[cls.name] = Entry(cls, tuple(after), tuple(before))
+        _REGISTRY[cls.name] = Entry(cls, tuple(after), tuple(before), default)
         return cls
 
     return decorate
 
 
-def registered(exact: bool | None = None) -> list[type[Rule]]:
+def registered(exact: bool | None = None, default_only: bool = False) -> list[type[Rule]]:
     """Registered rule classes in their default order (only exact or approximate ones if
-    `exact` is given)."""
+    `exact` is given; only those registered with default=True if `default_only`)."""
     order = nx.DiGraph()
     order.add_nodes_from(_REGISTRY)
     for name, entry in _REGISTRY.items():
@@ -63,5 +69,6 @@ def registered(exact: bool | None = None) -> list[type[Rule]]:
     except nx.NetworkXUnfeasible:
         cycle = nx.find_cycle(order)
         raise KoptError(f"rule ordering constraints form a cycle: {cycle}") from None
-    classes = [_REGISTRY[n].rule for n in names]
-    return [c for c in classes if exact is None or c.exact == exact]
+    entries = [_REGISTRY[n] for n in names]
+    return [e.rule for e in entries
+            if (exact is None or e.rule.exact == exact) and (e.default or not default_only)]

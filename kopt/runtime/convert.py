@@ -145,6 +145,10 @@ def _saved_model(model: Any, directory: str) -> None:
 
 
 def _converter(model: Any, quantize: str | None, samples: list | None, int8_io: bool) -> Any:
+    """Keras 3 and tf_keras alike. Not keras' model.export(format="litert"): it runs this same
+    ExportArchive -> from_saved_model route (identical ops, sizes and outputs, measured), but
+    defaults to Flex ops and a dynamic batch, rejects tf_keras models, and names the inputs
+    args_0, args_0_1, ... where _in_model_order needs the input_i / output_i names set here."""
     import tensorflow as tf
 
     if quantize not in QUANTIZE_MODES:
@@ -152,11 +156,46 @@ def _converter(model: Any, quantize: str | None, samples: list | None, int8_io: 
     with tempfile.TemporaryDirectory() as tmp:
         _saved_model(model, tmp)
         conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        _configure(conv, quantize, samples, int8_io)
-        return conv.convert()
+        names = [f"input_{i}" for i in range(len(_input_shapes(model)))]
+        _configure(conv, quantize, samples, int8_io, names)
+        flat = conv.convert()
+    if len(names) > 1 or len(getattr(model, "outputs", None) or []) > 1:
+        flat = _in_model_order(flat)
+    return flat
 
 
-def _configure(conv: Any, quantize: str | None, samples: list | None, int8_io: bool) -> None:
+def _in_model_order(flat: bytes) -> bytes:
+    """The converter lists a file's inputs and outputs in hash-map order, not the model's
+    (tensorflow#56985, #57693: a 2-input model comes out [input_1, input_0]), and positional
+    callers (LiteRTRunner, verify_tflite, anyone's interpreter) then feed each input the
+    other's data. Reorder them by the input_i / output_i names of the signature written by
+    _saved_model; names of another form are left as they are."""
+    import re
+
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    fb = flatbuffer_utils.read_model_from_bytearray(bytearray(flat))
+    sig = fb.signatureDefs[0]
+    sub = fb.subgraphs[sig.subgraphIndex]
+    changed = False
+    for attr, maps, prefix in (("inputs", sig.inputs, "input_"),
+                               ("outputs", sig.outputs, "output_")):
+        names = [m.name.decode() if isinstance(m.name, bytes) else m.name for m in maps]
+        if not all(re.fullmatch(prefix + r"\d+", n) for n in names):
+            continue
+        order = [m.tensorIndex for _, m in sorted(zip(names, maps),
+                                                  key=lambda p: int(p[0][len(prefix):]))]
+        if order != list(getattr(sub, attr)):
+            setattr(sub, attr, np.array(order, np.int32))
+            changed = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(fb)) if changed else flat
+
+
+def _configure(conv: Any, quantize: str | None, samples: list | None, int8_io: bool,
+               names: list[str] | None = None) -> None:
+    """Converter options per mode. With the signature's input names, calibration samples go in
+    as {name: array}: a list is fed in the converter's (hash-map) input order, which hands a
+    multi-input model the wrong arrays."""
     import tensorflow as tf
 
     if quantize == "float16":
@@ -164,7 +203,8 @@ def _configure(conv: Any, quantize: str | None, samples: list | None, int8_io: b
         conv.target_spec.supported_types = [tf.float16]
     elif quantize == "int8":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        conv.representative_dataset = lambda: iter(samples)
+        conv.representative_dataset = (lambda: iter(samples)) if names is None else \
+            (lambda: (dict(zip(names, s)) for s in samples))
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if int8_io:
             conv.inference_input_type = tf.int8
