@@ -3,10 +3,11 @@ rule registers itself (`@kopt.rewriting.register(exact=..., after=...)`), so a n
 new file here (plus its test) and nothing else edited.
 
 The default order comes from the rules' constraints (kopt.rewriting.registry):
-remove_identity -> fold_batchnorm -> merge_branches, pool_to_conv -> fuse_vertical ->
-fuse_horizontal for the exact rules. Identities go first (they hide BN/activation pairs), BN
-folding comes before activation fusion (conv-BN-ReLU must fold the BN before the ReLU can join
-the conv), and horizontal fusion comes last, once parallel convs carry their activations.
+remove_identity -> fold_batchnorm -> fold_rescaling -> merge_branches, pool_to_conv ->
+fuse_vertical -> fuse_horizontal for the exact rules. Identities go first (they hide
+BN/activation pairs), BN folding comes before activation fusion (conv-BN-ReLU must fold the
+BN before the ReLU can join the conv), and horizontal fusion comes last, once parallel convs
+carry their activations.
 Approximate rules need calibration data (constructor arguments) and retraining afterwards; the
 flows in kopt.flows choose their settings. Modules whose names start with "_" hold helpers
 shared by several rules.

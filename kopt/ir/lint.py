@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kopt.errors import GraphLintError
-from kopt.ir.ops import CONV_OPS, DEPTHWISE_OPS, SEPARABLE_OPS, TRANSPOSE_OPS, single_axis
+from kopt.ir.ops import (
+    CONV_OPS,
+    DEPTHWISE_OPS,
+    SEPARABLE_OPS,
+    TRANSPOSE_OPS,
+    channels_last,
+    single_axis,
+)
 
 if TYPE_CHECKING:
     from kopt.ir.graph import Graph
@@ -13,8 +20,11 @@ if TYPE_CHECKING:
 
 
 def _channels_in(g: Graph, node: Node) -> int | None:
+    """The input's channel count: axis 1 for channels_first layers, else the last axis."""
     shapes = g.input_shapes(node.name)
-    return shapes[0][-1] if shapes and shapes[0] else None
+    if not shapes or not shapes[0]:
+        return None
+    return shapes[0][1] if not channels_last(node) else shapes[0][-1]
 
 
 def expected_weight_shapes(g: Graph, node: Node) -> dict[str, tuple] | None:
