@@ -377,8 +377,12 @@ class Comparison:
         plt.close(fig)
 
 
+_RESOLUTION_MS = 1e-3  # per-part times below 1 us are overhead-subtraction noise, not speed
+
+
 def _ratio(x: float, y: float) -> str:
-    return f"{x / y:.2f}x" if y > 0 else "-"
+    """before / after, or "-" when the after time is too small to divide by meaningfully."""
+    return f"{x / y:.2f}x" if y >= _RESOLUTION_MS else "-"
 
 
 def compare_reports(before: TimingReport, after: TimingReport) -> Comparison:
