@@ -144,7 +144,8 @@ def _export(argv: list[str]) -> int:
 
 
 def _report(argv: list[str]) -> int:
-    """`kopt report MODEL [--runtime R] [--compare OTHER] [--json F] [--csv F] [--plot F]`."""
+    """`kopt report MODEL [--runtime R] [--compare OTHER] [--json F] [--csv F] [--plot F]`;
+    with --int8-error [--data X.npz | --digits], each layer's int8 error instead of its time."""
     p = argparse.ArgumentParser(prog="kopt report", description=_report.__doc__)
     p.add_argument("model", help=".keras or .h5 file")
     p.add_argument("--runtime", choices=("keras", "litert", "litert-int8", "all"),
@@ -152,17 +153,25 @@ def _report(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=None, help="default: ~0.1 s of runs per part")
-    p.add_argument("--top", type=int, default=None, help="show only the N slowest layers")
+    p.add_argument("--top", type=int, default=None, help="show only the N slowest layers "
+                   "(with --int8-error: the N adding the most error)")
     p.add_argument("--compare", help="a second model (e.g. the optimized one) to compare with")
     p.add_argument("--json", help="write the report as JSON (suffixed per runtime for 'all')")
     p.add_argument("--csv")
     p.add_argument("--plot", help="PNG file")
+    p.add_argument("--int8-error", action="store_true", help="per-layer error of the full-int8 "
+                   "file against float32 on calibration data (SQNR, cosine, error added)")
+    p.add_argument("--data", help="with --int8-error: .npy/.npz calibration data (npz: key 'x')")
+    p.add_argument("--digits", action="store_true",
+                   help="with --int8-error: use sklearn digits as calibration data")
     p.add_argument("--unsafe", action="store_true", help="load with safe_mode=False")
     args = p.parse_args(argv)
     from kopt.keras_io import load_model
     from kopt.runtime.timing import RUNTIMES, compare_reports, timing_report
 
     model = load_model(args.model, safe_mode=not args.unsafe)
+    if args.int8_error:
+        return _int8_error(model, args)
     other = load_model(args.compare, safe_mode=not args.unsafe) if args.compare else None
     runtimes = RUNTIMES if args.runtime == "all" else (args.runtime,)
     for rt in runtimes:
@@ -177,6 +186,29 @@ def _report(argv: list[str]) -> int:
             target = getattr(args, opt)
             if target and hasattr(out, method):
                 getattr(out, method)(_suffixed(target, rt, len(runtimes) > 1))
+    return 0
+
+
+def _int8_error(model: Any, args: argparse.Namespace) -> int:
+    """`kopt report MODEL --int8-error`: calibration data from --data or --digits, as in
+    `kopt export`; the table, and --json / --plot files."""
+    from kopt.errors import DataError
+    from kopt.flows.data import load_digits_like
+    from kopt.keras_io.loading import load_arrays
+    from kopt.runtime import int8_layer_errors
+
+    if args.digits:
+        data = load_digits_like(model)[0]
+    elif args.data:
+        data = load_arrays(args.data)[0]
+    else:
+        raise DataError("--int8-error needs calibration data: --data X.npz or --digits")
+    report = int8_layer_errors(model, data)
+    print(report.table(args.top))
+    if args.json:
+        report.to_json(args.json)
+    if args.plot:
+        report.plot(args.plot)
     return 0
 
 

@@ -22,6 +22,7 @@ from kopt.ir.ops import (
     DEPTHWISE_OPS,
     SEPARABLE_OPS,
     TRANSPOSE_OPS,
+    channels_last,
     last_axis,
 )
 
@@ -110,3 +111,54 @@ def scale_input_channels(node: Node, scale: np.ndarray, shift: np.ndarray) -> No
         pw = np.asarray(node.weights["pointwise_kernel"], np.float64)
         added = added @ pw.reshape(pw.shape[-2:])
     _set_bias(node, _bias(node) + added)
+
+
+# ---- positive per-channel scales (range equalisation) -----------------------------------
+# For s > 0 per channel, relu(s * x) = s * relu(x), and likewise leaky ReLU, PReLU, max and
+# average pooling: a positive per-channel scale passes through them unchanged. The rules that
+# move such a scale from one layer to another (equalize_cross_layer, equalize_concat_ranges)
+# look through these ops with `scale_passes`.
+
+SCALE_THROUGH = {"ReLU", "LeakyReLU", "PReLU", "Activation", "MaxPooling1D", "MaxPooling2D",
+                 "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+                 "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+                 "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D"}
+"""Ops that a positive per-channel scale may pass through (when `scale_passes` says so)."""
+
+HOMOGENEOUS = {"linear", "relu", "leaky_relu"}
+"""Activation names f with f(s * x) = s * f(x) for every s > 0."""
+
+
+def scale_passes(node: Node) -> str | None:
+    """None if a positive per-channel scale on `node`'s input comes out unchanged on its output,
+    for an op in SCALE_THROUGH or the `activation` of a conv / dense; else the reason."""
+    if node.op == "ReLU":
+        cfg = node.config
+        if cfg.get("max_value") is not None:
+            return (f"ReLU clips at max_value={cfg['max_value']}: a channel scaled by s would "
+                    "need its clip at max_value * s, which one ReLU cannot express")
+        if cfg.get("threshold", 0):
+            return f"ReLU threshold {cfg['threshold']} would have to move with the scale"
+        return None
+    if node.op in SCALE_THROUGH and node.op != "Activation":
+        return None if channels_last(node) else f"{node.op} is channels_first"
+    act = node.activation
+    if act == "relu6":
+        return ("activation 'relu6' clips at 6: a channel scaled by s would need its clip at "
+                "6 * s, which RELU6 cannot express per channel")
+    if act not in HOMOGENEOUS:
+        return f"activation '{act}' does not commute with a per-channel scale"
+    return None
+
+
+def input_scale_reason(node: Node) -> str | None:
+    """None if `scale_input_channels(node, s, 0)` is exact: a conv / depthwise / separable /
+    dense with channels last and one group. A zero shift makes any padding exact (padded zeros
+    stay zero)."""
+    if node.op not in INPUT_FOLDS:
+        return f"{node.op} cannot take a per-channel scale on its input"
+    if not channels_last(node):
+        return f"'{node.name}' is channels_first"
+    if node.config.get("groups", 1) != 1:
+        return f"'{node.name}' is a grouped conv (groups={node.config['groups']})"
+    return None

@@ -1,12 +1,19 @@
 """The runtime room: conversion and export (TFLite float/float16/int8, ONNX), the LiteRT
-runner, the per-layer timing report and the clock. Imports the rooms below it (errors, ir,
-keras_io, rewriting's verification) and never the flows.
+runner, the per-layer timing report, the per-layer int8 error report and the clock. Imports
+the rooms below it (errors, ir, keras_io, rewriting's verification) and never the flows.
 """
 
 from kopt.runtime.clock import median_ms
-from kopt.runtime.convert import ExportResult, convert_tflite, export_onnx, export_tflite
+from kopt.runtime.convert import (
+    ExportResult,
+    convert_tflite,
+    export_onnx,
+    export_tflite,
+    int8_layer_errors,
+)
+from kopt.runtime.int8_error import Int8ErrorReport
 from kopt.runtime.litert import LiteRTRunner
 from kopt.runtime.timing import compare_reports, timing_report
 
-__all__ = ["ExportResult", "LiteRTRunner", "compare_reports", "convert_tflite", "export_onnx",
-           "export_tflite", "median_ms", "timing_report"]
+__all__ = ["ExportResult", "Int8ErrorReport", "LiteRTRunner", "compare_reports", "convert_tflite",
+           "export_onnx", "export_tflite", "int8_layer_errors", "median_ms", "timing_report"]

@@ -23,6 +23,7 @@ from kopt.errors import DataError, KoptError, VerificationError
 from kopt.keras_io import from_keras, to_keras
 from kopt.keras_io.probes import predict_outputs
 from kopt.rewriting.verify import max_relative_error
+from kopt.runtime.int8_error import Int8ErrorReport, tflite_layer_errors
 from kopt.runtime.litert import LiteRTRunner, op_table
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_SAMPLES = 200
 VERIFY_SAMPLES = 200
 QUANTIZE_MODES = ("int8", "float16", None)
+SOFTMAX_MODES = ("keep", "drop", "float")
 
 @dataclass
 class ExportResult:
@@ -43,6 +45,9 @@ class ExportResult:
     xnnpack_ops: int = 0
     fallback_ops: dict[str, int] = field(default_factory=dict)
     verification: dict[str, float] = field(default_factory=dict)
+    softmax: str = "keep"
+    layer_errors: Int8ErrorReport | None = None  # export_tflite(..., layer_errors=True)
+    int8_rewrites: dict = field(default_factory=dict)  # kopt.runtime.int8_prep's choice
 
     @property
     def total_ops(self) -> int:
@@ -57,6 +62,13 @@ class ExportResult:
             lines.append(f"  XNNPACK takes {self.xnnpack_ops}/{self.total_ops} ops"
                          + (f"; falls back: {self.fallback_ops}" if self.fallback_ops else ""))
         lines += [f"  {k}: {v:.6g}" for k, v in self.verification.items()]
+        if self.softmax != "keep":
+            lines.append(f"  softmax: {self.softmax}")
+        if self.layer_errors is not None and self.layer_errors.rows:
+            w = self.layer_errors.worst()
+            lines.append(f"  int8 error: '{w['layer']}' ({w['op']}) adds the most, "
+                         f"{w['added']:.3g} noise/signal per channel (tensor SQNR "
+                         f"{w['sqnr_db']:.1f} dB)")
         return "\n".join(lines)
 
 
@@ -218,34 +230,186 @@ def convert_tflite(model: Any, quantize: str | None = "int8", representative_dat
     return _converter(model, quantize, samples, int8_io)
 
 
+def int8_layer_errors(model: Any, representative_data: Any, int8_io: bool = True
+                      ) -> Int8ErrorReport:
+    """How much error each layer of the model's full-int8 file adds: the float32 and plain PTQ
+    int8 files (convert_tflite's, without export_tflite's int8_rewrites) are converted here and
+    compared tensor by tensor on the representative data (the same samples calibrate the int8
+    file). See kopt.runtime.int8_error for the figures. Defined here, not there, because the
+    exporter fills ExportResult.layer_errors with it and a module that converts cannot be
+    imported by the converter."""
+    samples = representative_samples(model, representative_data)
+    return tflite_layer_errors(_converter(model, None, None, int8_io),
+                               _converter(model, "int8", samples, int8_io), samples, model)
+
+
 def export_tflite(model: Any, path: str | os.PathLike, representative_data: Any = None,
                   quantize: str | None = "int8", int8_io: bool = True, verify: bool = True,
-                  qat: dict | None = None) -> ExportResult:
+                  qat: dict | None = None, softmax: str = "keep", layer_errors: bool = False,
+                  int8_rewrites: bool = True
+                  ) -> ExportResult:
     """Write a .tflite file; int8 is full-integer PTQ (per-channel weights, int8 activations,
     int8 I/O unless int8_io=False). qat=dict(data=(x, y), epochs=1) fine-tunes a
-    quantisation-aware copy first. The written file is read back and compared with Keras."""
+    quantisation-aware copy first. The written file is read back and compared with Keras.
+
+    softmax: what becomes of a softmax that makes a model output (a Softmax or
+    Activation('softmax') layer, or a layer with activation='softmax', over the last axis):
+
+    - "keep": as in the model. XNNPACK does not take int8 SOFTMAX (op_table measures it), so
+      LiteRT's own int8 kernel runs it after XNNPACK's partition; fallback_ops lists it.
+    - "drop": the file ends at the logits, the classes in the same order (argmax, top-1 and
+      top-k are unchanged). A copy of the model is emitted through the IR with the softmax
+      layer removed or the activation made linear; the caller's model is not touched, and
+      verification compares the file with the copy's logits.
+    - "float": int8 logits, then a DEQUANTIZE and a float32 SOFTMAX appended to the file, so
+      XNNPACK takes every op and the output is float32 probabilities. With int8_io this means
+      an int8 input and a float32 output (int8 probabilities would throw away what the float
+      softmax computed); verification compares with the model's probabilities. Float and
+      float16 files have a float softmax already: "float" keeps it there.
+
+    "drop" and "float" raise KoptError when no output ends in a softmax: asked for, they
+    cannot do what they say. The default is "keep", by measurement: on the digits VGG-like
+    CNN (28x28, ~49 us per int8 invoke, 1 thread, XNNPACK) the three files time alike within
+    run-to-run noise (medians of 9 and 15 interleaved rounds of 2,000 invokes: drop and float
+    0.98-1.005x of keep, in both directions), and on a 4x narrower one (~10 us) "drop" saves
+    0.1 us. A 10-class int8 softmax costs that little, so the default keeps the file computing
+    what the Keras model computes, in the output type int8_io promises.
+
+    layer_errors=True (int8 post-training exports) also measures each layer's int8 error
+    (kopt.runtime.int8_error) into result.layer_errors, against the float32 file of the model
+    that was quantised (after int8_rewrites). It converts that float file too and runs both
+    files and each op alone on the calibration samples without XNNPACK: on the digits VGG-like
+    CNN (200 samples) it adds 1.3 to 2.6 s to a 3 to 14 s export (a shared, loaded machine),
+    20-40 %, so it is asked for, not on by default.
+
+    int8_rewrites=True (int8 post-training exports): kopt.runtime.int8_prep tries BN folding,
+    cross-layer and concatenation range equalisation and bias correction, each converted and
+    compared with the model on the calibration samples, and the file is written from the best
+    candidate if it beats plain PTQ by a margin (else from the model as given). What was tried,
+    chosen and measured is in result.int8_rewrites. False gives plain PTQ.
+    """
     path = os.fspath(path)
+    if softmax not in SOFTMAX_MODES:
+        raise KoptError(f"softmax={softmax!r}: use one of {SOFTMAX_MODES}")
+    int8 = qat is not None or quantize == "int8"
+    if layer_errors and (not int8 or qat is not None):
+        raise KoptError("layer_errors=True measures a post-training int8 export (quantize="
+                        "'int8', no qat: a QAT file's weights no longer match the float model)")
+    exported, dropped = (model, []) if softmax == "keep" else _without_softmax(model)
+    if softmax == "float" and not int8:
+        exported = model  # its softmax is float already
     if qat is not None:
         samples = representative_samples(model, representative_data)
-        flat = _qat_flatbuffer(model, samples, int8_io=int8_io, **qat)
+        flat = _qat_flatbuffer(exported, samples, int8_io=int8_io, **qat)
     else:
-        samples = representative_samples(model, representative_data) \
-            if quantize == "int8" else None
-        flat = _converter(model, quantize, samples, int8_io)
+        samples = representative_samples(model, representative_data) if int8 else None
+        quantized, rewrites = exported, {}
+        if int8 and int8_rewrites:  # equalisation / bias correction where they measure better
+            from kopt.runtime.int8_prep import prepare_for_int8
+
+            quantized, _, rewrites = prepare_for_int8(
+                exported, samples, lambda m: _converter(m, "int8", samples, int8_io))
+        flat = _converter(quantized, quantize, samples, int8_io)
+    logits_flat = flat
+    if softmax == "float" and int8:
+        flat = _float_softmax(flat, dropped)
     with open(path, "wb") as f:
         f.write(flat)
     result = ExportResult(path=path, bytes=len(flat), format="tflite",
-                          quantize="int8" if qat is not None else quantize)
+                          quantize="int8" if qat is not None else quantize, softmax=softmax)
+    result.int8_rewrites = rewrites if qat is None else {}
     runner = LiteRTRunner(flat)
     result.ops, result.fallback_ops, result.xnnpack_ops = op_table(flat)
     if result.fallback_ops:
-        log.warning("%s: ops XNNPACK does not take (reference kernels run them): %s",
+        log.warning("%s: ops XNNPACK does not take (LiteRT's own kernels run them): %s",
                     path, result.fallback_ops)
     if verify:
         if samples is None:
             samples = _probe_samples(model)
-        result.verification = verify_tflite(model, runner, samples, result.quantize)
+        reference = exported if softmax == "drop" else model
+        result.verification = verify_tflite(reference, runner, samples, result.quantize)
+    if layer_errors:
+        result.layer_errors = tflite_layer_errors(_converter(quantized, None, None, int8_io),
+                                                  logits_flat, samples, quantized)
     return result
+
+
+def _without_softmax(model: Any) -> tuple[Any, list[int]]:
+    """A copy of `model` emitted through the IR whose outputs end at the logits, and the
+    positions of the outputs that lost a softmax (see export_tflite's `softmax`)."""
+    g = from_keras(model)
+    dropped = []
+    for i, (name, _) in enumerate(list(g.outputs)):
+        node = g[name]
+        rank = len(node.output_shape)
+        if g.is_shared(node) or g.out_edges(name):
+            continue  # the softmax also feeds other layers, or its layer is called elsewhere
+        if node.op == "Softmax" and _is_last_axis(node.config.get("axis", -1), rank) \
+                or node.op == "Activation" and node.activation == "softmax":
+            g.bypass(name)
+        elif node.activation == "softmax" and node.op != "Activation":
+            node.config["activation"] = "linear"
+        else:
+            continue
+        dropped.append(i)
+    if not dropped:
+        raise KoptError(f"no output of '{model.name}' ends in a softmax over its last axis "
+                        "(a Softmax layer or activation='softmax'), so there is none to drop "
+                        "or make float: export it with softmax='keep'")
+    return to_keras(g, backend="tf_keras" if _is_tf_keras(model) else "keras"), dropped
+
+
+def _is_last_axis(axis: Any, rank: int) -> bool:
+    axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+    return len(axes) == 1 and axes[0] in (-1, rank - 1)
+
+
+def _float_softmax(flat: bytes, outputs: list[int]) -> bytes:
+    """The file with a DEQUANTIZE (for an int8 output) and a float32 SOFTMAX appended after
+    each of its `outputs` (positions), which become float32 probabilities. Written into the
+    flatbuffer because a full-int8 conversion quantises every op it can, softmax included."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    fb = flatbuffer_utils.read_model_from_bytearray(bytearray(flat))
+    sub = fb.subgraphs[0]
+
+    def opcode(code: int, version: int) -> int:
+        for i, c in enumerate(fb.operatorCodes):
+            if max(c.builtinCode, c.deprecatedBuiltinCode) == code and c.version == version:
+                return i
+        fb.operatorCodes.append(schema.OperatorCodeT(deprecatedBuiltinCode=code,
+                                                     builtinCode=code, version=version))
+        return len(fb.operatorCodes) - 1
+
+    def append(code: int, version: int, src: int, name: str, options: Any = None) -> int:
+        like = sub.tensors[src]
+        t = schema.TensorT()
+        t.shape, t.shapeSignature, t.name = like.shape, like.shapeSignature, name
+        t.type, t.buffer = schema.TensorType.FLOAT32, len(fb.buffers)
+        fb.buffers.append(schema.BufferT())
+        sub.tensors.append(t)
+        op = schema.OperatorT()
+        op.opcodeIndex, op.inputs = opcode(code, version), np.array([src], np.int32)
+        op.outputs = np.array([len(sub.tensors) - 1], np.int32)
+        if options is not None:
+            op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.SoftmaxOptions, \
+                options
+        sub.operators.append(op)
+        return len(sub.tensors) - 1
+
+    for pos in outputs:
+        src = int(sub.outputs[pos])
+        if sub.tensors[src].type != schema.TensorType.FLOAT32:
+            src = append(schema.BuiltinOperator.DEQUANTIZE, 2, src, f"logits_{pos}")
+        options = schema.SoftmaxOptionsT()
+        options.beta = 1.0  # the schema's default is 0: a uniform "softmax"
+        probs = append(schema.BuiltinOperator.SOFTMAX, 1, src, f"probabilities_{pos}", options)
+        for m in fb.signatureDefs[0].outputs:
+            if m.tensorIndex == sub.outputs[pos]:
+                m.tensorIndex = probs
+        sub.outputs[pos] = probs
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(fb))
 
 
 def _qat_flatbuffer(model: Any, samples: list, data: tuple, epochs: int = 1,

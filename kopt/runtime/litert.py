@@ -15,39 +15,40 @@ import numpy as np
 from kopt.errors import DataError
 from kopt.runtime.clock import median_ms
 
-# Builtin ops the XNNPACK delegate takes, by tensor type (an estimate from the delegate's
-# source; ops outside these sets run on LiteRT's reference/optimized kernels instead).
-_XNN_COMMON = {"ADD", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEPTH_TO_SPACE",
-               "FULLY_CONNECTED", "MAX_POOL_2D", "MEAN", "MUL", "PAD", "RESHAPE",
-               "RESIZE_BILINEAR", "SLICE", "SPACE_TO_DEPTH", "SPLIT", "STRIDED_SLICE", "SUB",
-               "TRANSPOSE", "TRANSPOSE_CONV", "QUANTIZE", "DEQUANTIZE", "LEAKY_RELU", "ELU",
-               "HARD_SWISH", "LOGISTIC", "TANH", "MAXIMUM", "MINIMUM", "BATCH_MATMUL",
-               "AVERAGE_POOL_2D", "SQUARED_DIFFERENCE"}
-XNNPACK_OPS = {
-    "float32": _XNN_COMMON | {"ABS", "CEIL", "DIV", "FLOOR", "GELU", "NEG", "PRELU", "RELU",
-                              "RELU6", "RELU_N1_TO_1", "ROUND", "RSQRT", "SOFTMAX", "SQRT",
-                              "SQUARE", "EXP", "LOG", "SUM"},
-    "int8": _XNN_COMMON,
-}
-
 
 def op_table(flatbuffer: bytes) -> tuple[dict[str, int], dict[str, int], int]:
-    """(ops by name, ops XNNPACK would not take by 'NAME(dtype)', count XNNPACK takes), read
-    from an interpreter without delegates so the listing is the file's own ops."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    """(ops by name, ops LiteRT's own kernels run by 'NAME(dtype)', count XNNPACK takes),
+    measured on the interpreter LiteRTRunner builds (default XNNPACK delegate, 1 thread).
 
-    interpreter = Interpreter(model_content=flatbuffer, experimental_op_resolver_type=
-                              OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    The Python API has no execution plan, but it lists every node: the file's ops first, then
+    one DELEGATE node per partition XNNPACK took, whose inputs and outputs are the partition's
+    boundary tensors (the replaced ops stay listed). A partition's ops are found by walking
+    back from its outputs through the ops that make them, stopping at its inputs; every op in
+    no partition falls back. (An op whose output nothing reads would count as falling back;
+    the converter leaves none.) This replaces a hand-written table of the ops XNNPACK takes,
+    an estimate from its source that could drift from the installed delegate and could not
+    see the checks it makes per node (shapes, constant weights, quantisation parameters).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=bytes(flatbuffer), num_threads=1)
+    interpreter.allocate_tensors()  # the default delegate is applied here
+    nodes = interpreter._get_ops_details()  # noqa: SLF001 - the only op listing in Python
+    ops = [n for n in nodes if n["op_name"] != "DELEGATE"]
+    producer = {int(t): op for op in ops for t in op["outputs"]}
+    taken: set[int] = set()
+    for partition in (n for n in nodes if n["op_name"] == "DELEGATE"):
+        boundary = {int(t) for t in partition["inputs"]}
+        todo = [int(t) for t in partition["outputs"]]
+        while todo:
+            op = producer.get(todo.pop())
+            if op is not None and op["index"] not in taken:
+                taken.add(op["index"])
+                todo += [int(t) for t in op["inputs"] if int(t) not in boundary]
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    ops: Counter = Counter()
-    fallback: Counter = Counter()
-    for op in interpreter._get_ops_details():  # noqa: SLF001 - the only op listing in Python
-        name = op["op_name"]
-        ops[name] += 1
-        dtype = _op_dtype(op, tensors)
-        if name not in XNNPACK_OPS.get(dtype, set()):
-            fallback[f"{name}({dtype})"] += 1
-    return dict(ops), dict(fallback), sum(ops.values()) - sum(fallback.values())
+    fallback = Counter(f"{op['op_name']}({_op_dtype(op, tensors)})" for op in ops
+                       if op["index"] not in taken)
+    return dict(Counter(op["op_name"] for op in ops)), dict(fallback), len(taken)
 
 
 def _op_dtype(op: dict, tensors: dict) -> str:
