@@ -304,12 +304,18 @@ def export_tflite(model: Any, path: str | os.PathLike, representative_data: Any 
     else:
         samples = representative_samples(model, representative_data) if int8 else None
         quantized, rewrites = exported, {}
+        converted: dict[int, tuple[Any, bytes]] = {}  # the search's files, reused when chosen
+
+        def convert(m: Any) -> bytes:
+            if id(m) not in converted:  # the model is kept alive with its id
+                converted[id(m)] = (m, _converter(m, quantize, samples, int8_io))
+            return converted[id(m)][1]
+
         if int8 and int8_rewrites:  # equalisation / bias correction where they measure better
             from kopt.runtime.int8_prep import prepare_for_int8
 
-            quantized, _, rewrites = prepare_for_int8(
-                exported, samples, lambda m: _converter(m, "int8", samples, int8_io))
-        flat = _converter(quantized, quantize, samples, int8_io)
+            quantized, _, rewrites = prepare_for_int8(exported, samples, convert)
+        flat = convert(quantized)
     logits_flat = flat
     if softmax == "float" and int8:
         flat = _float_softmax(flat, dropped)
