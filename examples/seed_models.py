@@ -1,6 +1,7 @@
-"""The seed's two small models (document 002): a VGG-like stack and an inception "tree".
+"""The seed's small models (document 002): a VGG-like stack and an inception "tree", plus a
+residual variant and the seed's other two kinds, DenseNet ("dense") and MobileNet ("mobile").
 
-Both take 28x28x1 digits and end in 10 classes. Widths are parameters so benchmarks can test
+All take 28x28x1 digits and end in 10 classes. Widths are parameters so benchmarks can test
 variants (other widths, an extra block).
 """
 
@@ -83,3 +84,73 @@ def residual(width: int = 32, dense: int = 128, classes: int = 10, blocks: int =
         if x.shape[1] > 4:
             x = L.MaxPooling2D(2, name=f"res{i}_pool")(x)
     return classifier(inp, x, dense, classes, "residual")
+
+
+def dense_layer(x, growth: int, name: str):
+    """DenseNet-BC layer: BN-ReLU-conv1x1 (4 x growth) -BN-ReLU-conv3x3 (growth), its output
+    concatenated to its input, as Keras' DenseNet builds its conv_block."""
+    h = L.BatchNormalization(name=f"{name}_0_bn")(x)
+    h = L.ReLU(name=f"{name}_0_relu")(h)
+    h = L.Conv2D(4 * growth, 1, use_bias=False, name=f"{name}_1_conv")(h)
+    h = L.BatchNormalization(name=f"{name}_1_bn")(h)
+    h = L.ReLU(name=f"{name}_1_relu")(h)
+    h = L.Conv2D(growth, 3, padding="same", use_bias=False, name=f"{name}_2_conv")(h)
+    return L.Concatenate(name=f"{name}_concat")([x, h])
+
+
+def dense(width: int = 12, dense: int = 64, classes: int = 10, blocks: int = 2,
+          layers: int = 4) -> keras.Model:
+    """DenseNet-BC: stem conv (2 x growth) + max-pool, `blocks` dense blocks of `layers` layers
+    (growth rate `width`, each reading the growing Concatenate), a transition (BN-ReLU-conv1x1
+    halving the channels, 2x2 average pool) between blocks, BN-ReLU, global average pool and
+    the tree's Dense classifier: ~70k params at the defaults."""
+    x = inp = keras.Input((28, 28, 1), name="image")
+    x = L.Conv2D(2 * width, 3, padding="same", use_bias=False, name="stem_conv")(x)
+    x = L.MaxPooling2D(2, name="stem_pool")(x)
+    for block in range(blocks):
+        for i in range(layers):
+            x = dense_layer(x, width, f"conv{block}_block{i}")
+        if block < blocks - 1:
+            x = L.BatchNormalization(name=f"pool{block}_bn")(x)
+            x = L.ReLU(name=f"pool{block}_relu")(x)
+            x = L.Conv2D(x.shape[-1] // 2, 1, use_bias=False, name=f"pool{block}_conv")(x)
+            x = L.AveragePooling2D(2, name=f"pool{block}_pool")(x)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.ReLU(name="relu")(x)
+    x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+    return classifier(inp, x, dense, classes, "dense")
+
+
+def inverted_residual(x, filters: int, stride: int, expansion: int, name: str):
+    """MobileNetV2 block: 1x1 expand conv-BN-ReLU6, depthwise 3x3-BN-ReLU6, 1x1 project
+    conv-BN (linear), + input when the shapes match."""
+    h = L.Conv2D(expansion * x.shape[-1], 1, use_bias=False, name=f"{name}_expand")(x)
+    h = L.BatchNormalization(name=f"{name}_expand_bn")(h)
+    h = L.ReLU(6.0, name=f"{name}_expand_relu")(h)
+    h = L.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False,
+                          name=f"{name}_depthwise")(h)
+    h = L.BatchNormalization(name=f"{name}_depthwise_bn")(h)
+    h = L.ReLU(6.0, name=f"{name}_depthwise_relu")(h)
+    h = L.Conv2D(filters, 1, use_bias=False, name=f"{name}_project")(h)
+    h = L.BatchNormalization(name=f"{name}_project_bn")(h)
+    if stride == 1 and x.shape[-1] == filters:
+        h = L.Add(name=f"{name}_add")([x, h])
+    return h
+
+
+def mobile(width: int = 16, dense: int = 64, classes: int = 10, blocks: int = 2,
+           expansion: int = 6) -> keras.Model:
+    """MobileNetV2-style: stem conv 3x3 stride 2 (`width`) -BN-ReLU6, then `blocks` stages of
+    two inverted residual blocks (the first strided, doubling the channels; the second with a
+    residual Add), global average pool and the tree's Dense classifier: ~105k params at the
+    defaults (expansion 5: ~88k)."""
+    x = inp = keras.Input((28, 28, 1), name="image")
+    x = L.Conv2D(width, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.ReLU(6.0, name="stem_relu")(x)
+    for block in range(blocks):
+        filters = width * 2 ** (block + 1)
+        x = inverted_residual(x, filters, 2, expansion, f"block{block}a")
+        x = inverted_residual(x, filters, 1, expansion, f"block{block}b")
+    x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+    return classifier(inp, x, dense, classes, "mobile")
