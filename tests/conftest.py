@@ -1,13 +1,56 @@
-"""Shared fixtures: quiet TensorFlow, seeded randomisation of weights and BN statistics."""
+"""Shared fixtures: quiet TensorFlow, seeded randomisation of weights and BN statistics, freeing
+memory between big models, and the run order that keeps the xdist workers evenly loaded."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's oneDNN CPU allocator pools large buffers and never gives them back, so a worker
+# keeps the peak of the biggest zoo model for the rest of the run. Same oneDNN kernels, same
+# numbers; only the allocator changes. Set before TensorFlow is imported (xdist workers inherit).
+os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 
-import numpy as np
-import pytest
+import ctypes  # noqa: E402
+import gc  # noqa: E402
 
-from kopt.testing import assert_same_function, randomize_weights  # noqa: F401
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from kopt.testing import assert_same_function, randomize_weights  # noqa: E402, F401
+
+# Tests that take long: run them first so that no worker is left with one of them at the end.
+# Order among them is collection order; everything else follows in collection order.
+_LONG_FIRST = ("tests/test_optimize_property.py", "tests/test_zoo.py",
+               "tests/test_compress.py::test_tree_flow")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))
+    for item in items:
+        # Tests sharing a module-scoped fixture (often a trained model) stay on one xdist worker
+        # (--dist loadgroup), so the fixture is built once, not once per worker.
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        if not item.get_closest_marker("xdist_group") and any(
+                d[-1].scope == "module" for d in defs.values() if d):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+def _malloc_trim():
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap pages back to the OS
+    except (OSError, AttributeError):
+        pass
+
+
+@pytest.fixture
+def free_models():
+    """Drop Keras' global state and collect what the test built, before and after it."""
+    import keras
+
+    keras.backend.clear_session()  # also gc.collect()
+    yield
+    keras.backend.clear_session()
+    gc.collect()
+    _malloc_trim()
 
 
 @pytest.fixture
