@@ -23,6 +23,7 @@ _LONG_FIRST = ("tests/test_optimize_property.py", "tests/test_zoo.py",
                "tests/test_compress.py::test_tree_flow")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks added here
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))
     for item in items:
