@@ -43,6 +43,8 @@ _LAZY = {
     "LiteRTRunner": "kopt.runtime",
     "timing_report": "kopt.runtime",
     "compare_reports": "kopt.runtime",
+    "int8_layer_errors": "kopt.runtime",
+    "Int8ErrorReport": "kopt.runtime",
     "load_digits": "kopt.flows.data",
     "digits_splits": "kopt.flows.data",
 }
