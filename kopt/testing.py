@@ -144,3 +144,15 @@ def check_rule(model: Any, rules: Rule | Sequence[Rule], *, applied: int | dict 
 
 def _reasons(report: Report) -> list[str]:
     return [d.reason for d in report.declined]
+
+
+def chain(shape: tuple, *layers: Any) -> Any:
+    """A functional Keras model applying `layers` in order to an input of `shape`: the usual
+    near-miss model of a rule test (conv, then BN, then ...)."""
+    import keras
+
+    x = keras.Input(shape)
+    y = x
+    for layer in layers:
+        y = layer(y)
+    return keras.Model(x, y)

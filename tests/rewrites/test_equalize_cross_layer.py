@@ -9,18 +9,14 @@ import rewrites
 from kopt.keras_io import from_keras, to_keras
 from kopt.rewriting import PassManager, registered
 from kopt.runtime import LiteRTRunner, convert_tflite
-from kopt.testing import check_rule, randomize_weights
+from kopt.testing import chain, check_rule, randomize_weights
 from rewrites.equalize_cross_layer import EqualizeCrossLayer, input_ranges, output_ranges
 
 L = keras.layers
 
 
 def _model(shape, *layers):
-    x = keras.Input(shape)
-    y = x
-    for layer in layers:
-        y = layer(y)
-    return randomize_weights(keras.Model(x, y), seed=5, all_weights=True)
+    return randomize_weights(chain(shape, *layers), seed=5, all_weights=True)
 
 
 CHAINS = {

@@ -7,18 +7,10 @@ import numpy as np
 import pytest
 
 from kopt.rewriting import Match, Rule
-from kopt.testing import check_rule
+from kopt.testing import chain, check_rule
 from rewrites.fold_batchnorm import FoldBatchNorm
 
 L = keras.layers
-
-
-def _model(shape, *layers):
-    x = keras.Input(shape)
-    y = x
-    for layer in layers:
-        y = layer(y)
-    return keras.Model(x, y)
 
 
 AFTER = {
@@ -38,7 +30,7 @@ SHAPES = {"conv1d": (12, 4), "dense": (10,), "dense_nobias": (10,)}
 @pytest.mark.parametrize("bn_kw", [{}, {"scale": False, "center": False}], ids=["full", "bare"])
 @pytest.mark.parametrize("op", sorted(AFTER))
 def test_bn_after_linear_op_is_folded(op, bn_kw):
-    m = _model(SHAPES.get(op, (9, 9, 4)), AFTER[op](), L.BatchNormalization(**bn_kw))
+    m = chain(SHAPES.get(op, (9, 9, 4)), AFTER[op](), L.BatchNormalization(**bn_kw))
     g = check_rule(m, FoldBatchNorm(), applied={"fold_batchnorm": 1}, seed=3).graph
     assert not g.nodes_of("BatchNormalization")
     lin = [n for n in g if n.op != "InputLayer"][0]
@@ -57,13 +49,13 @@ BEFORE = {
 
 @pytest.mark.parametrize("op", sorted(BEFORE))
 def test_bn_before_valid_linear_op_is_folded(op):
-    m = _model(SHAPES.get(op, (9, 9, 4)), L.BatchNormalization(), BEFORE[op]())
+    m = chain(SHAPES.get(op, (9, 9, 4)), L.BatchNormalization(), BEFORE[op]())
     g = check_rule(m, FoldBatchNorm(), applied={"fold_batchnorm": 1}, seed=3).graph
     assert not g.nodes_of("BatchNormalization")
 
 
 def test_bn_after_relu_conv_folds_forward_into_next_valid_conv():
-    m = _model((9, 9, 3), L.Conv2D(4, 3, activation="relu"), L.BatchNormalization(),
+    m = chain((9, 9, 3), L.Conv2D(4, 3, activation="relu"), L.BatchNormalization(),
                L.Conv2D(5, 3), L.BatchNormalization())
     r = check_rule(m, FoldBatchNorm(), applied={"fold_batchnorm": 2},
                    declined="activation 'relu'", seed=3)
@@ -78,7 +70,7 @@ def _declined(m, needle):
 
 
 def test_declines_activation_between_conv_and_bn():
-    m = _model((8, 8, 3), L.Conv2D(4, 3, activation="relu", padding="same"),
+    m = chain((8, 8, 3), L.Conv2D(4, 3, activation="relu", padding="same"),
                L.BatchNormalization())
     _declined(m, "activation 'relu' between Conv2D and BN")
 
@@ -91,17 +83,17 @@ def test_declines_when_conv_output_is_read_elsewhere():
 
 
 def test_declines_bn_before_same_padded_conv():
-    _declined(_model((8, 8, 3), L.BatchNormalization(), L.Conv2D(4, 3, padding="same")),
+    _declined(chain((8, 8, 3), L.BatchNormalization(), L.Conv2D(4, 3, padding="same")),
               "'same'-padded conv")
 
 
 def test_declines_bn_before_transposed_conv():
-    _declined(_model((8, 8, 3), L.BatchNormalization(), L.Conv2DTranspose(4, 3)),
+    _declined(chain((8, 8, 3), L.BatchNormalization(), L.Conv2DTranspose(4, 3)),
               "transposed conv")
 
 
 def test_declines_bn_on_a_non_channel_axis():
-    _declined(_model((8, 8, 3), L.Conv2D(4, 3), L.BatchNormalization(axis=1)), "axis")
+    _declined(chain((8, 8, 3), L.Conv2D(4, 3), L.BatchNormalization(axis=1)), "axis")
 
 
 def test_declines_shared_conv():
@@ -127,7 +119,7 @@ class _ZeroBias(Rule):
 
 
 def test_pass_manager_rolls_back_a_broken_rule(caplog):
-    m = _model((8, 8, 3), L.Conv2D(4, 3), L.BatchNormalization(), L.ReLU(), L.Conv2D(2, 3))
+    m = chain((8, 8, 3), L.Conv2D(4, 3), L.BatchNormalization(), L.ReLU(), L.Conv2D(2, 3))
     with caplog.at_level(logging.WARNING, logger="kopt"):
         r = check_rule(m, [FoldBatchNorm(), _ZeroBias()], rolled_back="zero_bias",
                        applied={"fold_batchnorm": 1}, seed=3)  # the good rule's work is kept

@@ -7,19 +7,11 @@ import pytest
 
 import kopt
 from kopt.rewriting import registered
-from kopt.testing import assert_same_function, check_rule, randomize_weights
+from kopt.testing import assert_same_function, chain, check_rule, randomize_weights
 from rewrites.fold_rescaling import FoldRescaling
 
 L = keras.layers
 C = 6  # output channels of every op below
-
-
-def _model(shape, *layers):
-    x = keras.Input(shape)
-    y = x
-    for layer in layers:
-        y = layer(y)
-    return keras.Model(x, y)
 
 
 OPS = {
@@ -49,7 +41,7 @@ def test_rescaling_after_linear_op_is_folded(op, scale):
     kw = SCALES[scale](np.random.default_rng(7))
     if scale == "per_channel_rank3" and op in SHAPES:  # (1, 1, C) would add an axis there
         kw["scale"] = kw["scale"].reshape(-1)
-    m = _model(SHAPES.get(op, (7, 7, 3)), OPS[op](), L.Rescaling(**kw))
+    m = chain(SHAPES.get(op, (7, 7, 3)), OPS[op](), L.Rescaling(**kw))
     r = check_rule(m, FoldRescaling(), applied={"fold_rescaling": 1}, seed=3)
     assert not r.graph.nodes_of("Rescaling")
     lin = [n for n in r.graph if n.op != "InputLayer"][0]
@@ -60,14 +52,14 @@ def test_rescaling_after_linear_op_is_folded(op, scale):
 def test_relu_conv_folds_with_non_negative_scale_and_no_offset():
     scale = np.random.default_rng(7).uniform(0.1, 3, C).astype("float32")
     scale[0] = 0.0
-    m = _model((7, 7, 3), L.Conv2D(C, 3, activation="relu"), L.Rescaling(scale))
+    m = chain((7, 7, 3), L.Conv2D(C, 3, activation="relu"), L.Rescaling(scale))
     g = check_rule(m, FoldRescaling(), applied={"fold_rescaling": 1}, seed=3).graph
     assert g.nodes_of("Conv2D")[0].activation == "relu"
 
 
 def test_chain_bn_rescaling_relu_becomes_one_conv():
     """The registered order: BN folds first, then the Rescaling, then the ReLU joins."""
-    m = _model((7, 7, 3), L.Conv2D(C, 3, use_bias=False), L.BatchNormalization(),
+    m = chain((7, 7, 3), L.Conv2D(C, 3, use_bias=False), L.BatchNormalization(),
                L.Rescaling(2.0, offset=0.5), L.ReLU())
     r = check_rule(m, [cls() for cls in registered(exact=True, default_only=True)], seed=3,
                    applied={"fold_batchnorm": 1, "fold_rescaling": 1, "fuse_vertical": 1})
@@ -75,7 +67,7 @@ def test_chain_bn_rescaling_relu_becomes_one_conv():
 
 
 def test_relu_layer_between_is_fused_first_then_folded_in_round_two():
-    m = _model((7, 7, 3), L.Conv2D(C, 3), L.ReLU(), L.Rescaling(0.5))
+    m = chain((7, 7, 3), L.Conv2D(C, 3), L.ReLU(), L.Rescaling(0.5))
     r = check_rule(m, [cls() for cls in registered(exact=True, default_only=True)], seed=3,
                    applied={"fuse_vertical": 1, "fold_rescaling": 1},
                    declined="Rescaling follows ReLU")
@@ -89,7 +81,7 @@ def test_registered_order():
 
 
 def test_kopt_optimize_runs_it():
-    m = _model((7, 7, 3), L.Conv2D(C, 3), L.Rescaling(0.5, offset=1.0))
+    m = chain((7, 7, 3), L.Conv2D(C, 3), L.Rescaling(0.5, offset=1.0))
     randomize_weights(m, seed=1, all_weights=True)
     opt = kopt.Optimizer()
     out = opt.optimize(m)
@@ -108,14 +100,14 @@ def _declined(model, needle):
 
 @pytest.mark.parametrize("act", ["sigmoid", "relu6", "tanh"])
 def test_declines_activation_on_the_conv(act):
-    _declined(_model((7, 7, 3), L.Conv2D(C, 3, activation=act), L.Rescaling(0.5)),
+    _declined(chain((7, 7, 3), L.Conv2D(C, 3, activation=act), L.Rescaling(0.5)),
               f"activation '{act}' between Conv2D and Rescaling")
 
 
 @pytest.mark.parametrize("kw", [dict(scale=0.5, offset=0.1), dict(scale=-0.5)],
                          ids=["offset", "negative"])
 def test_declines_relu_conv_unless_scale_commutes(kw):
-    _declined(_model((7, 7, 3), L.Conv2D(C, 3, activation="relu"), L.Rescaling(**kw)),
+    _declined(chain((7, 7, 3), L.Conv2D(C, 3, activation="relu"), L.Rescaling(**kw)),
               "non-negative scale and a zero offset")
 
 
@@ -142,7 +134,7 @@ def test_declines_shared_rescaling_layer():
 def test_declines_channels_first_conv():
     # 3 channels first and last: kopt.ir.lint reads a conv's input channels from the last
     # axis, so other channels_first shapes do not lift today
-    m = _model((3, 7, 3), L.Conv2D(C, 3, data_format="channels_first"), L.Rescaling(0.5))
+    m = chain((3, 7, 3), L.Conv2D(C, 3, data_format="channels_first"), L.Rescaling(0.5))
     _declined(m, "is channels_first: Rescaling scales the last axis")
 
 
@@ -150,7 +142,7 @@ def test_declines_per_channel_scale_under_channels_first_image_format():
     before = keras.config.image_data_format()
     keras.config.set_image_data_format("channels_first")
     try:  # a (C,) scale becomes (C, 1, 1): it would scale rows, not channels
-        m = _model((C, C, 3), L.Conv2D(C, 1, data_format="channels_last"),
+        m = chain((C, C, 3), L.Conv2D(C, 1, data_format="channels_last"),
                    L.Rescaling(np.arange(1, C + 1, dtype="float32")))
         _declined(m, "image_data_format is channels_first")
     finally:
@@ -161,21 +153,21 @@ def test_declines_per_channel_scale_under_channels_first_image_format():
                          ids=["spatial", "rows", "full", "extra_axis"])
 def test_declines_scale_reaching_other_axes(shape):
     scale = np.random.default_rng(7).uniform(0.5, 2, shape).astype("float32")
-    m = _model((7, 7, 3), L.Conv2D(C, 3), L.Rescaling(scale))
+    m = chain((7, 7, 3), L.Conv2D(C, 3), L.Rescaling(scale))
     _declined(m, "does not broadcast over the channel axis only")
 
 
 def test_declines_per_channel_offset_of_wrong_length():
-    m = _model((7, 7, 3), L.Conv2D(C, 3), L.Rescaling(0.5, offset=np.ones((5, 1, 1))))
+    m = chain((7, 7, 3), L.Conv2D(C, 3), L.Rescaling(0.5, offset=np.ones((5, 1, 1))))
     _declined(m, "offset of shape (5, 1, 1)")
 
 
 def test_declines_rescaling_that_changes_the_dtype():
-    m = _model((7, 7, 3), L.Conv2D(C, 3), L.Rescaling(0.5, dtype="float64"))
+    m = chain((7, 7, 3), L.Conv2D(C, 3), L.Rescaling(0.5, dtype="float64"))
     _declined(m, "changes the dtype (['float32'] -> ['float64'])")
 
 
 def test_declines_rescaling_after_input():
     """EfficientNet's input Rescaling: nothing before it to fold into."""
-    _declined(_model((7, 7, 3), L.Rescaling(1 / 255), L.Conv2D(C, 3)),
+    _declined(chain((7, 7, 3), L.Rescaling(1 / 255), L.Conv2D(C, 3)),
               "Rescaling follows InputLayer, not a conv or dense layer")

@@ -3,18 +3,10 @@
 import keras
 import pytest
 
-from kopt.testing import check_rule
+from kopt.testing import chain, check_rule
 from rewrites.fuse_vertical import FuseVertical
 
 L = keras.layers
-
-
-def _model(shape, *layers):
-    x = keras.Input(shape)
-    y = x
-    for layer in layers:
-        y = layer(y)
-    return keras.Model(x, y)
 
 
 def _ops(g):
@@ -26,7 +18,7 @@ def _ops(g):
     (lambda: L.Activation("sigmoid"), "sigmoid"), (lambda: L.Activation("tanh"), "tanh"),
     (lambda: L.Activation("swish"), "silu"), (lambda: L.Activation("gelu"), "gelu")])
 def test_activation_merges_into_conv(act, name):
-    g = check_rule(_model((7, 7, 3), L.Conv2D(4, 3), act()), FuseVertical(), applied=1,
+    g = check_rule(chain((7, 7, 3), L.Conv2D(4, 3), act()), FuseVertical(), applied=1,
                    seed=7).graph
     assert _ops(g) == ["Conv2D"] and g.nodes_of("Conv2D")[0].activation == name
 
@@ -36,7 +28,7 @@ def test_activation_merges_into_conv(act, name):
     (lambda: L.SeparableConv2D(4, 3), (7, 7, 3)), (lambda: L.Conv2DTranspose(4, 3), (5, 5, 3)),
     (lambda: L.Conv1D(4, 3), (9, 3))])
 def test_relu_merges_into_every_linear_op(op, shape):
-    g = check_rule(_model(shape, op(), L.ReLU()), FuseVertical(), applied=1, seed=7).graph
+    g = check_rule(chain(shape, op(), L.ReLU()), FuseVertical(), applied=1, seed=7).graph
     assert len(_ops(g)) == 1 and next(iter(g.nodes_of(_ops(g)[0]))).activation == "relu"
 
 
@@ -47,7 +39,7 @@ def test_relu_merges_into_every_linear_op(op, shape):
     (lambda: [L.Conv2D(4, 3, activation="relu"), L.ReLU(max_value=6)], "already applies"),
     (lambda: [L.BatchNormalization(), L.ReLU()], "has no activation to take it")])
 def test_activation_near_misses_are_declined(layers, why):
-    r = check_rule(_model((7, 7, 3), *layers()), FuseVertical(), applied=0, declined=why,
+    r = check_rule(chain((7, 7, 3), *layers()), FuseVertical(), applied=0, declined=why,
                    seed=7)
     assert r.graph.nodes_of("ReLU")
 
@@ -65,14 +57,14 @@ def test_activation_declined_when_conv_output_is_read_elsewhere():
     ((9, 3), lambda: [L.Conv1D(8, 1, use_bias=False), L.Conv1D(2, 1, use_bias=False)]),
     ((8,), lambda: [L.Dense(16), L.Dense(4, use_bias=False)])])
 def test_linear_pair_collapses(shape, layers):
-    r = check_rule(_model(shape, *layers()), FuseVertical(), applied=1, seed=7)
+    r = check_rule(chain(shape, *layers()), FuseVertical(), applied=1, seed=7)
     assert len(_ops(r.graph)) == 1
     app = r.report.applied[0]
     assert app.params[1] < app.params[0] and app.macs[1] <= app.macs[0]
 
 
 def test_linear_chain_collapses_to_one_dense():
-    m = _model((8,), L.Dense(8), L.Dense(6), L.Dense(3, activation="tanh"))
+    m = chain((8,), L.Dense(8), L.Dense(6), L.Dense(3, activation="tanh"))
     g = check_rule(m, FuseVertical(), applied=2, seed=7).graph
     (dense,) = g.nodes_of("Dense")
     assert dense.config["units"] == 3 and dense.activation == "tanh"
@@ -84,7 +76,7 @@ def test_linear_chain_collapses_to_one_dense():
     ((6, 6, 3), lambda: [L.Conv2D(8, 3, activation="relu"), L.Conv2D(4, 1)], "activation"),
     ((6, 6, 4), lambda: [L.Conv2D(8, 3, groups=2), L.Conv2D(4, 1)], "grouped")])
 def test_linear_pair_near_misses_are_declined(shape, layers, why):
-    r = check_rule(_model(shape, *layers()), FuseVertical(), applied=0, declined=why, seed=7)
+    r = check_rule(chain(shape, *layers()), FuseVertical(), applied=0, declined=why, seed=7)
     assert len(_ops(r.graph)) == 2
 
 
@@ -95,7 +87,7 @@ def test_linear_pair_near_misses_are_declined(shape, layers, why):
     ((7, 7, 3), lambda: [L.ZeroPadding2D(1), L.DepthwiseConv2D(3)]),
     ((9, 3), lambda: [L.ZeroPadding1D(2), L.Conv1D(4, 5)])])
 def test_zero_padding_becomes_same_conv(shape, layers):
-    g = check_rule(_model(shape, *layers()), FuseVertical(), applied=1, seed=7).graph
+    g = check_rule(chain(shape, *layers()), FuseVertical(), applied=1, seed=7).graph
     (conv,) = [n for n in g][1:]
     assert conv.config["padding"] == "same" and conv.output_shape[1] == shape[0]
 
@@ -106,6 +98,6 @@ def test_zero_padding_becomes_same_conv(shape, layers):
     (lambda: [L.ZeroPadding2D(1), L.Conv2D(4, 3, strides=2)], "strided conv"),
     (lambda: [L.ZeroPadding2D(1), L.Conv2D(4, 3, padding="same")], "already pads")])
 def test_padding_near_misses_are_declined(layers, why):
-    r = check_rule(_model((8, 8, 3), *layers()), FuseVertical(), applied=0, declined=why,
+    r = check_rule(chain((8, 8, 3), *layers()), FuseVertical(), applied=0, declined=why,
                    seed=7)
     assert r.graph.nodes_of("ZeroPadding2D")
