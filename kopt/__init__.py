@@ -38,6 +38,7 @@ _LAZY = {
     "Optimizer": "kopt.api",
     "retrain": "kopt.flows.distill",
     "recalibrate_bn": "kopt.flows.distill",
+    "StaleBatchNormWarning": "kopt.errors",
     "export_tflite": "kopt.runtime",
     "export_onnx": "kopt.runtime",
     "LiteRTRunner": "kopt.runtime",

@@ -2,8 +2,8 @@
 
 Without data: lift, run the exact rules (verified), emit. With data, the approximate flow runs
 first (kopt.flows.compress: merge blocks, prune, factor Dense layers, each retrained and kept
-only within max_accuracy_drop) and ends in this Optimizer's own exact pass, so its rules,
-verify and tolerance apply there too and its report describes that pass.
+only within the allowed drop of the validation metric) and ends in this Optimizer's own exact
+pass, so its rules, verify and tolerance apply there too and its report describes that pass.
 """
 
 from __future__ import annotations
@@ -48,17 +48,26 @@ class Optimizer:
         return self.graph
 
     def optimize(self, model: Any, data: Any = None, validation: Any = None,
-                 max_accuracy_drop: float = 0.005, **compress_options: Any) -> Any:
-        """Exact rules only, or with `data` the whole compression flow (see kopt.compress);
-        then self.steps logs each step (params, MACs, validation accuracy, kept or not)."""
+                 max_accuracy_drop: float = 0.005, *, metric: Any = None,
+                 mode: str | None = None, max_metric_drop: float | None = None,
+                 steps_per_epoch: int | None = None, validation_steps: int | None = None,
+                 recalibrate_bn: bool = False, **compress_options: Any) -> Any:
+        """Exact rules only, or with `data` the whole compression flow (see `optimize` and
+        kopt.flows.compress.compress); then self.steps logs each step (params, MACs,
+        validation score, kept or not)."""
+        data_options = dict(metric=metric, mode=mode, max_metric_drop=max_metric_drop,
+                            steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+                            recalibrate_bn=recalibrate_bn)
         if data is None:
-            if compress_options:
-                raise TypeError(f"{sorted(compress_options)} apply only with data=")
+            given = sorted(compress_options) + sorted(
+                k for k, v in data_options.items() if v is not None and v is not False)
+            if given:
+                raise TypeError(f"{given} apply only with data=")
             return self._exact(model, self.backend)
         compress_options.setdefault("progress", sys.stderr.isatty())  # long: show it at a TTY
         small, self.steps = compress(model, data, validation, max_accuracy_drop,
                                      finish=lambda m: self._exact(m, self.backend),
-                                     **compress_options)
+                                     **data_options, **compress_options)
         return small
 
     def _exact(self, model: Any, backend: str) -> Any:
@@ -68,17 +77,38 @@ class Optimizer:
 
 def optimize(model: Any, data: Any = None, validation: Any = None,
              max_accuracy_drop: float = 0.005, rules: list[Rule] | None = None,
-             verify: bool = True, tolerance: float = 1e-4, backend: str = "keras",
-             **compress_options: Any) -> Any:
+             verify: bool = True, tolerance: float = 1e-4, backend: str = "keras", *,
+             metric: Any = None, mode: str | None = None, max_metric_drop: float | None = None,
+             steps_per_epoch: int | None = None, validation_steps: int | None = None,
+             recalibrate_bn: bool = False, **compress_options: Any) -> Any:
     """A new model computing the same function with fewer layers and less work.
 
     Without data: exact rules only; the result is checked against `model` on seeded probe
     inputs and any rule that changes outputs by more than `tolerance` (relative) is rolled back
-    with a warning. With data=(x, y) (labels optional) and validation=(x, y): the approximate
-    flow, keeping each step only while validation accuracy stays within max_accuracy_drop of
-    the original's (kopt.compress.compress documents the options). Use `Optimizer` to keep the
-    report and the steps.
+    with a warning. With data: the approximate flow (kopt.flows.compress.compress), keeping each
+    step only while the validation score stays within the allowed drop of the original's.
+
+    data / validation: any form Keras takes: arrays x, (x, y) or (x, y, sample_weight) (dicts
+    or lists of arrays for several inputs or outputs), a tf.data.Dataset (batched or not), a
+    keras.utils.PyDataset, a generator or a function returning a fresh one. Labels are optional.
+    Arrays are used in memory; everything else is streamed (the rules calibrate on a bounded
+    sample). steps_per_epoch / validation_steps: batches per pass, needed for endless streams.
+    Without validation, 15% of data is held out.
+
+    metric: what decides. None: top-1 accuracy when the first output is a class-score vector
+    (integer or one-hot labels, or a softmax without labels), else fidelity to the original's
+    outputs (1 - relative RMS error); the log says which. Or "accuracy", "fidelity", a Keras
+    metric name or object, or a callable (y_true, y_pred) -> float on the first output (lists
+    for several outputs). Higher is better unless mode="min" (Keras losses are "min" already).
+    max_accuracy_drop: the tolerance for accuracy. max_metric_drop: the tolerance in the
+    metric's own units (a rise for mode="min"); default max_accuracy_drop for accuracy, 0.02
+    for fidelity, required for other metrics.
+    recalibrate_bn: compress a copy whose BatchNormalization statistics were re-estimated on
+    data (without it, stale statistics only raise a kopt.StaleBatchNormWarning).
+    compress_options: epochs, prune_ratio, svd_energy, merge_width, batch_size, probes, seed...
+    (kopt.flows.compress.compress). Use `Optimizer` to keep the report and the steps.
     """
     return Optimizer(rules, verify, tolerance, backend).optimize(
-        model, data, validation, max_accuracy_drop, **compress_options)
-
+        model, data, validation, max_accuracy_drop, metric=metric, mode=mode,
+        max_metric_drop=max_metric_drop, steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps, recalibrate_bn=recalibrate_bn, **compress_options)

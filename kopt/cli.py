@@ -43,11 +43,16 @@ def _optimize(args: argparse.Namespace) -> int:
         data = load_arrays(args.data)
         validation = None if args.validation is None else load_arrays(args.validation)
         new = opt.optimize(model, data, validation, max_accuracy_drop=args.max_drop,
-                           epochs=args.epochs, progress=True)
-        print(f"{'step':<28}{'params':>10}{'MACs':>14}{'val acc':>9}  kept")
+                           metric=args.metric, mode=args.mode,
+                           max_metric_drop=args.max_metric_drop,
+                           recalibrate_bn=args.recalibrate_bn, epochs=args.epochs,
+                           progress=True)
+        label = f"val {opt.steps[0]['metric']}"
+        w = max(9, len(label) + 1)
+        print(f"{'step':<28}{'params':>10}{'MACs':>14}{label:>{w}}  kept")
         for step in opt.steps:
             print(f"{step['step']:<28}{step['params']:>10,}{step['macs']:>14,}"
-                  f"{step['val_acc']:>9.4f}  {'yes' if step['kept'] else 'no'}")
+                  f"{step['val_score']:>{w}.4f}  {'yes' if step['kept'] else 'no'}")
     new.save(args.output)
     print(f"wrote {args.output}")
     return 0
@@ -80,6 +85,16 @@ def main(argv: list[str] | None = None) -> int:
                    "is kept (default: the last 15%% of --data)")
     p.add_argument("--max-drop", type=float, default=0.005,
                    help="largest validation accuracy drop allowed (default 0.005)")
+    p.add_argument("--metric", default=None,
+                   help="what decides what is kept: accuracy, fidelity (to the original's "
+                   "outputs) or a Keras metric or loss name, e.g. mae (default: accuracy for "
+                   "a classifier, else fidelity)")
+    p.add_argument("--mode", choices=("max", "min"), default=None,
+                   help="whether higher or lower --metric is better (Keras losses: min)")
+    p.add_argument("--max-metric-drop", type=float, default=None,
+                   help="largest change of --metric allowed, in its own units")
+    p.add_argument("--recalibrate-bn", action="store_true",
+                   help="re-estimate stale BatchNormalization statistics on --data first")
     p.add_argument("--epochs", type=int, default=5, help="distillation epochs per step")
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--tolerance", type=float, default=1e-4)

@@ -28,3 +28,29 @@ class DataError(KoptError):
 class UnsafeModelError(UnsupportedModelError):
     """Loading the model file could run code stored in it (a Lambda's bytecode, a layer class
     kopt cannot vouch for); load files you trust with safe_mode=False (CLI: --unsafe)."""
+
+
+class StaleBatchNormWarning(UserWarning):
+    """BatchNormalization moving statistics disagree with the data: inference mode and training
+    mode give different outputs, so scores measured in inference mode are broken. Fix with
+    kopt.recalibrate_bn(model, data), or optimize(..., recalibrate_bn=True)."""
+
+
+class RuntimeChoiceError(KoptError):
+    """An unknown runtime name or a thread count below 1 was asked for timing or a latency
+    model; the message lists the runtimes kopt can time."""
+
+
+class LatencyTableError(KoptError):
+    """A latency table cannot answer: a device-measured table lacks a part of the model (write
+    a bundle for that model and time it on the device), or a file is not a latency table."""
+
+
+class ChannelSweepError(KoptError):
+    """A channel-count sweep was asked for a node whose output width is not free (not a Conv
+    with groups=1 or a Dense, or unknown), or for widths outside 1..its channel count."""
+
+
+class SearchTargetError(KoptError):
+    """A latency target that cannot be searched for: give exactly one of a speed-up (> 1, over
+    int8 PTQ of the original) or a latency in ms (> 0)."""

@@ -29,6 +29,7 @@ def test_optimizer_with_data_runs_its_own_rules_and_fills_the_report():
     x, y, xt, yt = load_digits(size=12, seed=0)
     model = _bn_model()
     model.fit(x, y, epochs=1, verbose=0)
+    kopt.recalibrate_bn(model, x)  # one epoch leaves BN's moving statistics behind
     opt = kopt.Optimizer(rules=[FoldBatchNorm()], tolerance=1e-3)
     small = opt.optimize(model, data=(x, y), validation=(xt, yt), max_accuracy_drop=1.0,
                          merge_width=(), prune_ratio=0.5, svd_energy=(), epochs=1)

@@ -69,3 +69,32 @@ def test_optimize_with_data_compresses_within_the_drop(tmp_path, capsys):
     assert main(["optimize", str(tmp_path / "m.keras"), "-o", str(out_path), "--data",
                  str(tmp_path / "bad.npz")]) == 2
     assert "needs an array named 'x'" in capsys.readouterr().err
+
+
+def test_optimize_a_regression_model_on_a_named_metric(tmp_path, capsys):
+    import numpy as np
+
+    from kopt.flows.data import load_digits
+
+    x, y, xt, yt = load_digits(size=12, seed=0)
+    target, target_t = (y / 9.0).astype("float32"), (yt / 9.0).astype("float32")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 1))
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inp)
+    h = keras.layers.Flatten()(keras.layers.MaxPooling2D(2)(h))
+    model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Dense(32, "relu")(h)))
+    model.compile("adam", "mse")
+    model.fit(x, target, epochs=3, verbose=0)
+    model.save(tmp_path / "r.keras")
+    np.savez(tmp_path / "train.npz", x=x, y=target)
+    np.savez(tmp_path / "val.npz", x=xt, y=target_t)
+    out_path = tmp_path / "small.keras"
+    assert main(["optimize", str(tmp_path / "r.keras"), "-o", str(out_path), "--data",
+                 str(tmp_path / "train.npz"), "--validation", str(tmp_path / "val.npz"),
+                 "--metric", "mae", "--max-metric-drop", "0.05", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "val mean_absolute_error" in out and "fuse (exact)" in out  # the column names the metric
+    small = keras.models.load_model(out_path)
+    mae = float(np.mean(np.abs(small.predict(xt, verbose=0)[:, 0] - target_t)))
+    base = float(np.mean(np.abs(model.predict(xt, verbose=0)[:, 0] - target_t)))
+    assert mae <= base + 0.05

@@ -6,6 +6,7 @@ import pytest
 
 from kopt.flows.compress import compress
 from kopt.flows.data import load_digits
+from kopt.flows.distill import recalibrate_bn
 from kopt.keras_io import from_keras
 from kopt.api import Optimizer, optimize
 
@@ -26,6 +27,7 @@ def trained():
     model = keras.Model(inp, L.Dense(10, activation="softmax")(h))
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(x, y, epochs=2, batch_size=64, verbose=0)
+    recalibrate_bn(model, x)  # two epochs leave BN's moving statistics behind the weights
     return model, (x, y), (xt, yt)
 
 

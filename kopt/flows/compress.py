@@ -5,24 +5,34 @@ time, distilling after each -> prune (PruneEntropy, one global ratio over every 
 -> distil from the original -> factor Dense layers (SvdDense) -> distil -> exact fusions
 (the registered exact rules, verified). A VGG-style model has no block to merge, so its flow
 starts at pruning. The approximate steps try their settings from most to least aggressive and
-keep the first whose validation accuracy stays within `max_accuracy_drop` of the original's;
+keep the first whose validation score stays within the allowed drop of the original's (top-1
+accuracy for classifiers, fidelity to the original's outputs otherwise: kopt.flows.tasks);
 a step with no such setting is rolled back (the previous model is kept, and the attempt is
 logged with kept=False). The exact fusions are verified by the pass manager and change no
 outputs, so they are always kept. The input model is never mutated: every step works on a
 fresh model emitted from the IR.
+
+Data comes in any form Keras takes (kopt.keras_io.batches.Batches). Arrays are used in memory,
+as they always were. Streams are never stored: the rules calibrate on a bounded sample (the
+first CALIBRATION samples), distillation reads the stream batch by batch, and validation is
+scored batch by batch on every evaluation.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from kopt.errors import DataError
-from kopt.flows.distill import retrain
+from kopt.errors import DataError, StaleBatchNormWarning
+from kopt.flows.distill import TeacherCache, bn_drift, recalibrate_bn as _recalibrate, retrain
+from kopt.flows.tasks import heads, labels_per_output, resolve_metric
 from kopt.keras_io import from_keras, to_keras
+from kopt.keras_io.batches import Batches, sample_count, take_rows
 from kopt.progress import bar, say
 from kopt.rewriting import PassManager, Rule
 from rewrites import exact_rules
@@ -32,61 +42,110 @@ from rewrites.svd_dense import SvdDense
 
 log = logging.getLogger(__name__)
 
+CALIBRATION = 512  # samples drawn once: the BN check reads all, the rules their first 256
+HOLD_OUT = 0.15  # share of data held out for validation when none is given
+STALE_RELATIVE = 0.25  # BN statistics are stale when recalibrating moves outputs this much
+STALE_AGREEMENT = 0.9  # ... or keeps fewer top-1 predictions than this
+
 
 def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: float = 0.005,
              merge_width: float | Sequence[float] = (0.25, 0.375, 0.5),
              prune_ratio: float | Sequence[float] = (0.75, 0.5, 0.25),
              svd_energy: float | Sequence[float] = (0.9, 0.97), epochs: int = 5,
              criterion: str = "entropy", round_to: int = 8, progress: bool = False,
-             probes: dict[str, tuple] | None = None, seed: int = 0,
-             finish: Callable[[Any], Any] | None = None) -> tuple[Any, list[dict]]:
+             probes: dict[str, Any] | None = None, seed: int = 0,
+             finish: Callable[[Any], Any] | None = None, *, metric: Any = None,
+             mode: str | None = None, max_metric_drop: float | None = None,
+             batch_size: int = 64, steps_per_epoch: int | None = None,
+             validation_steps: int | None = None,
+             recalibrate_bn: bool = False) -> tuple[Any, list[dict]]:
     """A smaller model computing nearly what `model` does, and the log of its steps.
 
-    data=(x, y) trains (calibration for the entropy criterion, and distillation); validation
-    (x, y) decides what is kept. Labels are optional: without them the original's own top-1
+    data trains (calibration for the rules, and distillation); validation decides what is
+    kept. Both may be any form Keras takes: arrays x, (x, y) or (x, y, sample_weight) (dicts
+    or lists of arrays for several inputs or outputs), a tf.data.Dataset (batched or not), a
+    keras.utils.PyDataset, a generator or a function returning one; `steps_per_epoch` /
+    `validation_steps` bound each pass (needed for endless streams), `batch_size` batches
+    arrays and unbatched datasets. Labels are optional: without them a classifier's own top-1
     predictions stand in (accuracy then means agreement with the original), so users with
-    unlabelled images can still compress. Without validation, the last 15% of data is held
-    out for it (pass your own if data holds augmented copies: a twin in training leaks).
+    unlabelled images can still compress. Without validation, the last 15% of array data, or
+    the first 15% of a stream's batches in each pass, is held out for it (pass your own if
+    data holds augmented copies or reshuffles: a twin in training leaks).
+
+    `metric` decides what is kept (kopt.flows.tasks.resolve_metric): None picks top-1
+    accuracy when the first output is a class-score vector (labels are class indices or
+    one-hot, or it ends in softmax), else fidelity (1 - relative RMS error against the
+    original's outputs, over all outputs); or "accuracy", "fidelity", a Keras metric name or
+    object, or a callable (y_true, y_pred) -> float, on the first output. Higher is better
+    unless mode="min" (Keras losses and error metrics are "min" by themselves). A step is kept
+    when its score is within `max_metric_drop` of the original's, in the metric's units;
+    without it, max_accuracy_drop for accuracy, 0.02 for fidelity, and other metrics must give
+    one. Before anything else the BatchNormalization statistics are checked on the
+    calibration sample: when they lag the weights (inference and training mode disagree)
+    a StaleBatchNormWarning says what was measured, and recalibrate_bn=True works on a copy
+    recalibrated on data instead (kopt.recalibrate_bn).
+
     `prune_ratio` / `svd_energy` may be one value or several to try in order (put the most
     aggressive first); so may `merge_width`, the fraction of a block's output channels its
-    merged conv keeps (an empty tuple skips merging). `probes` maps a name to extra (x, y)
-    sets whose accuracy each step also records as "acc_<name>" (e.g. a harder test variant).
-    Each entry of the returned steps is {step, params, macs, val_acc, kept} (+ probe accuracies).
+    merged conv keeps (an empty tuple skips merging). `probes` maps a name to extra data sets
+    whose score each step also records as "acc_<name>" (e.g. a harder test variant).
+    Each entry of the returned steps is {step, params, macs, val_score, val_acc, metric, kept}
+    (+ probe scores); val_acc is val_score under its old name, whatever the metric.
     `finish` turns the last kept model into the result (default: the registered exact rules,
     verified); kopt.Optimizer passes its own exact pass so its rules, verify and tolerance
     apply and its report is filled.
     """
-    x, y = _pair(model, data, "data")
-    if validation is None:
-        cut = int(0.85 * len(x))
-        log.info("compress: no validation data given; holding out the last %d samples of data",
-                 len(x) - cut)
-        (x, y), (xv, yv) = (x[:cut], y[:cut]), (x[cut:], y[cut:])
-    else:
-        xv, yv = _pair(model, validation, "validation")
-    probes = probes or {}
+    train = Batches(data, batch_size, steps_per_epoch, model, "data")
+    given = labels_per_output(model, train.arrays[1] if train.arrays is not None else
+                              train.peek(1)[0][1])
+    hs = heads(model, given)
+    metric = resolve_metric(metric, mode, max_metric_drop, max_accuracy_drop, hs)
+    log.info("compress: deciding on %r", metric)
+    if train.arrays is not None:
+        calib_x, calib_y = train.sample(CALIBRATION)
+        original = _check_batchnorm(model, train, calib_x, calib_y, recalibrate_bn)
+        train, val = _split_arrays(original, train, validation, hs, given)
+        calibration = train.arrays[0]  # the rules take their first samples, as before
+        fit_data: Any = train.arrays if train.arrays[2] is not None else train.arrays[:2]
+    else:  # held out first, so that the rules never calibrate on validation batches
+        train, val = _split_stream(train, validation, validation_steps)
+        calib_x, calib_y = train.sample(CALIBRATION)
+        original = _check_batchnorm(model, train, calib_x, calib_y, recalibrate_bn)
+        calibration, fit_data = calib_x, train
+    # a stream read again gives the same samples back: their teacher outputs are kept
+    cache = TeacherCache() if train.arrays is None and train.reiterable else None
+    if validation is not None:
+        val = _validation(validation, batch_size, validation_steps, original, "validation")
+    probes = {k: _validation(v, batch_size, None, original, f"probe '{k}'")
+              for k, v in (probes or {}).items()}
+    references: dict = {}
+
+    def evaluate(candidate: Any, on: Batches) -> float:
+        return metric.score(candidate, on, reference=original, cache=references)
 
     def record(name: str, candidate: Any, kept: bool | None = None) -> dict:
         g = from_keras(candidate)
-        acc = _accuracy(candidate, xv, yv)
-        ok = acc >= base_acc - max_accuracy_drop - 1e-9 if kept is None else kept
-        step = dict(step=name, params=g.count_params(), macs=g.count_macs(), val_acc=acc,
-                    kept=bool(ok))
-        step.update({f"acc_{k}": _accuracy(candidate, *v) for k, v in probes.items()})
+        score = evaluate(candidate, val)
+        ok = metric.kept(score, base) if kept is None else kept
+        step = dict(step=name, params=g.count_params(), macs=g.count_macs(), val_score=score,
+                    val_acc=score, metric=metric.name, kept=bool(ok))
+        step.update({f"acc_{k}": evaluate(candidate, v) for k, v in probes.items()})
+        label = "val_acc" if metric.is_accuracy else "val"
         line = (f"compress: {name:<14} params {step['params']:>8}  MACs {step['macs']:>10}  "
-                f"val_acc {acc:.4f}  {'kept' if ok else 'rolled back'}")
+                f"{label} {score:.4f}  {'kept' if ok else 'rolled back'}")
         log.info("%s", line)
         say(line, progress and not log.isEnabledFor(logging.INFO))
         return step
 
-    base_acc = _accuracy(model, xv, yv)
-    steps = [record("original", model, kept=True)]
-    current = model
+    base = evaluate(original, val)
+    steps = [record("original", original, kept=True)]
+    current = original
     stages: list[tuple[str, Sequence[float], Callable[[float], Rule]]] = [
-        (f"merge {join}", _values(merge_width), lambda w, j=join: _merge_rule(x, w, j, seed))
-        for join in _blocks(model)]
+        (f"merge {join}", _values(merge_width),
+         lambda w, j=join: _merge_rule(calibration, w, j, seed)) for join in _blocks(model)]
     stages += [
-        ("prune", _values(prune_ratio), lambda r: _prune_rule(x, r, criterion, round_to)),
+        ("prune", _values(prune_ratio),
+         lambda r: _prune_rule(calibration, r, criterion, round_to)),
         ("svd", _values(svd_energy), lambda e: _svd_rule(e)),
     ]
     for name, values, make in bar(stages, progress, "compress"):
@@ -101,7 +160,8 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
                 log.info("compress: %s %s gives the model already tried", name, value)
                 continue
             tried.add(shape)
-            retrain(candidate, teacher=model, data=(x, y), epochs=epochs, seed=seed)
+            retrain(candidate, teacher=original, data=fit_data, epochs=epochs, seed=seed,
+                    batch_size=batch_size, teacher_cache=cache)
             step = record(f"{name} {value}", candidate)
             steps.append(step)
             if step["kept"]:
@@ -112,35 +172,121 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
     return fused, steps
 
 
+def _split_arrays(model: Any, train: Batches, validation: Any, hs: list, given: list | None
+                  ) -> tuple[Batches, Batches | None]:
+    """In-memory data as it always was: a single classifier without labels gets the
+    original's top-1 as labels; the last HOLD_OUT of the samples is validation unless given."""
+    x, y, sw = train.arrays
+    if given is None and len(hs) == 1 and hs[0].classes:
+        y = np.argmax(np.asarray(model.predict(x, batch_size=256, verbose=0)), axis=-1)
+    n = sample_count(x)
+    if validation is not None:
+        return _arrays(train, x, y, sw, "data"), None
+    cut = int((1 - HOLD_OUT) * n)
+    log.info("compress: no validation data given; holding out the last %d samples of data",
+             n - cut)
+    head, tail = slice(0, cut), slice(cut, n)
+    val = _arrays(train, take_rows(x, tail), take_rows(y, tail), take_rows(sw, tail),
+                  "validation (held out of data)")
+    _at_least_a_batch(val)
+    return _arrays(train, take_rows(x, head), take_rows(y, head), take_rows(sw, head), "data"), val
+
+
+def _arrays(like: Batches, x: Any, y: Any, sw: Any, what: str) -> Batches:
+    out = Batches((x, y, sw), like.batch_size, what=what)
+    out.inputs = like.inputs
+    return out
+
+
+def _split_stream(train: Batches, validation: Any, validation_steps: int | None
+                  ) -> tuple[Batches, Batches | None]:
+    """Without validation the first HOLD_OUT of each pass's batches is held out: read again
+    each time from a source that restarts, kept in memory from a one-shot generator."""
+    if validation is not None:
+        return train, None
+    n = train.count()
+    k = validation_steps or max(1, math.ceil(HOLD_OUT * n))
+    if k >= n:
+        raise DataError(f"data has {n} batches per pass: too few to hold out {k} for "
+                        "validation; pass validation= (or more steps_per_epoch)")
+    log.info("compress: no validation data given; holding out the first %d of %d batches of "
+             "each pass", k, n)
+    if train.reiterable:
+        return train.view(k, None, steps=n - k), train.view(0, k)
+    val = train.head(k, "validation (held out of data)")
+    train.steps = n - k
+    return train, val
+
+
+def _validation(data: Any, batch_size: int, steps: int | None, model: Any,
+                what: str) -> Batches:
+    """Validation (or a probe set) read as Batches: a one-shot generator is read once and kept,
+    so that every step is scored on the same samples."""
+    val = Batches(data, batch_size, steps, model, what)
+    if not val.reiterable:
+        log.info("compress: %s is a one-shot generator: keeping its batches in memory to score "
+                 "every step on them (pass a function returning a fresh one to stream it)", what)
+        val = val.head(steps or 2**62, what)
+    if val.arrays is not None:
+        _at_least_a_batch(val)
+        heads(model, labels_per_output(model, val.arrays[1]))  # labels fit the outputs
+    return val
+
+
+def _at_least_a_batch(val: Batches) -> None:
+    n = sample_count(val.arrays[0])
+    if n < val.batch_size:
+        raise DataError(f"{val.what} holds {n} samples, fewer than one batch "
+                        f"({val.batch_size}): too few to decide on (its accuracy moves in steps "
+                        f"of 1/{n})")
+
+
+def _check_batchnorm(model: Any, train: Batches, x: Any, y: Any, recalibrate: bool) -> Any:
+    """The model compress starts from: `model`, or with recalibrate a recalibrated copy.
+    Warns when BatchNormalization's moving statistics disagree with the data."""
+    if recalibrate:
+        copy = to_keras(from_keras(model))
+        log.info("compress: recalibrating BatchNormalization statistics on a copy of the model")
+        return _recalibrate(copy, train.arrays[0] if train.arrays is not None else train)
+    drift = bn_drift(model, x, y)
+    if drift is None:
+        return model
+    stale = drift["relative"] > STALE_RELATIVE or drift.get("agreement", 1.0) < STALE_AGREEMENT
+    log.info("compress: BatchNormalization check on %d samples: %s", drift["samples"], drift)
+    if stale:
+        warnings.warn(_stale_message(drift), StaleBatchNormWarning, stacklevel=3)
+    return model
+
+
+def _stale_message(d: dict) -> str:
+    parts = [f"outputs change by {d['relative']:.0%} (relative RMS)"]
+    if "agreement" in d:
+        parts.append(f"top-1 changes on {1 - d['agreement']:.0%} of samples")
+    if "accuracy" in d:
+        parts.append(f"accuracy {d['accuracy']:.1%} in inference mode against "
+                     f"{d['accuracy_recalibrated']:.1%} with statistics from the data")
+    return ("BatchNormalization moving statistics look stale: re-estimating them on "
+            f"{d['samples']} samples of the data, {', '.join(parts)}. Inference and training "
+            "mode disagree, so every score compress measures (in inference mode) starts from a "
+            "broken baseline. Call kopt.recalibrate_bn(model, data) first (it changes the model "
+            "in place), or pass recalibrate_bn=True to compress a recalibrated copy.")
+
+
 def exact_fusion(model: Any) -> Any:
     """`model` after the registered exact rules, verified against it."""
     g, _ = PassManager(exact_rules()).run(from_keras(model), reference=model)
     return to_keras(g)
 
 
-def _pair(model: Any, data: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) from (x, y), (x, None) or x; missing labels are the model's top-1 predictions."""
-    x, y = data if isinstance(data, (tuple, list)) and len(data) == 2 else (data, None)
-    if x is None or not hasattr(x, "__len__") or len(x) == 0:
-        raise DataError(f"compress: {what} must be images x or (x, y), got nothing usable")
-    x = np.asarray(x)
-    if y is None:
-        y = np.argmax(np.asarray(model.predict(x, batch_size=256, verbose=0)), axis=-1)
-    y = np.asarray(y)
-    if len(y) != len(x):
-        raise DataError(f"compress: {what} has {len(x)} samples but {len(y)} labels")
-    return x, y
-
-
 def _values(v: float | Sequence[float]) -> list[float]:
     return [float(v)] if np.isscalar(v) else [float(a) for a in v]
 
 
-def _prune_rule(x: np.ndarray, ratio: float, criterion: str, round_to: int) -> Rule:
+def _prune_rule(x: Any, ratio: float, criterion: str, round_to: int) -> Rule:
     return PruneEntropy(x, ratio, criterion, round_to=round_to, min_channels=round_to)
 
 
-def _merge_rule(x: np.ndarray, width: float, join: str, seed: int) -> Rule:
+def _merge_rule(x: Any, width: float, join: str, seed: int) -> Rule:
     return MergeInception(x, width=width, only=join, seed=seed)
 
 
@@ -159,8 +305,3 @@ def _rewrite(model: Any, rules: list[Rule], verify: bool) -> tuple[Any | None, s
     if report.applied:
         return to_keras(g), ""
     return None, "".join(f"; {d.reason}" for d in report.declined[:3])
-
-
-def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float:
-    scores = np.asarray(model.predict(x, batch_size=256, verbose=0))
-    return float(np.mean(np.argmax(scores, axis=-1) == np.asarray(y)))
