@@ -134,6 +134,12 @@ def _export(argv: list[str]) -> int:
     p.add_argument("--float-io", action="store_true", help="int8 model with float input/output")
     p.add_argument("--data", help=".npy/.npz representative data (npz: key 'x')")
     p.add_argument("--digits", action="store_true", help="use sklearn digits as data")
+    p.add_argument("--softmax", choices=("keep", "drop", "float"), default="keep",
+                   help="a final softmax: keep it (int8, LiteRT's kernel), drop it (the file "
+                   "ends at the logits, same class order) or make it float (all of the int8 "
+                   "graph on XNNPACK)")
+    p.add_argument("--no-int8-rewrites", action="store_true",
+                   help="plain PTQ: skip the measured search for equalisation / bias correction")
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--unsafe", action="store_true", help="load with safe_mode=False")
     args = p.parse_args(argv)
@@ -153,7 +159,8 @@ def _export(argv: list[str]) -> int:
         data = None if args.data is None else load_arrays(args.data)[0]
     quantize = None if args.quantize == "none" else args.quantize
     result = export_tflite(model, args.output, representative_data=data, quantize=quantize,
-                           int8_io=not args.float_io, verify=not args.no_verify)
+                           int8_io=not args.float_io, verify=not args.no_verify,
+                           softmax=args.softmax, int8_rewrites=not args.no_int8_rewrites)
     print(result.summary())
     return 0
 

@@ -148,3 +148,31 @@ def test_multi_input_multi_output_export(tmp_path):
     for g, w in zip(got, want):
         assert g.shape == w.shape and np.abs(g - w).max() < 0.1 * np.abs(w).max()
     assert {r["layer"] for r in result.layer_errors.rows} >= {"a", "b", "first", "second"}
+    assert {"mean_abs_error", "mean_abs_error_1"} <= set(result.verification)  # every output
+
+
+def test_cli_softmax_flag(classifier, digits, tmp_path):
+    from kopt.cli import main
+
+    classifier.save(tmp_path / "m.keras")
+    np.savez(tmp_path / "calib.npz", x=digits.train[0][:64])
+    out = tmp_path / "m.tflite"
+    assert main(["export", str(tmp_path / "m.keras"), "-o", str(out), "--data",
+                 str(tmp_path / "calib.npz"), "--softmax", "drop", "--no-int8-rewrites"]) == 0
+    ops, _, _ = op_table(out.read_bytes())
+    assert "SOFTMAX" not in ops and "FULLY_CONNECTED" in ops
+
+
+def test_failed_verification_leaves_no_file(classifier, tmp_path, monkeypatch):
+    """The file is written only once conversion and verification have passed."""
+    from kopt.errors import VerificationError
+    from kopt.runtime import convert
+
+    def fail(*args, **kwargs):
+        raise VerificationError("made to fail")
+
+    monkeypatch.setattr(convert, "verify_tflite", fail)
+    path = tmp_path / "f.tflite"
+    with pytest.raises(VerificationError):
+        export_tflite(classifier, path, quantize=None)
+    assert list(tmp_path.iterdir()) == []

@@ -64,6 +64,9 @@ class ExportResult:
         lines += [f"  {k}: {v:.6g}" for k, v in self.verification.items()]
         if self.softmax != "keep":
             lines.append(f"  softmax: {self.softmax}")
+        if self.int8_rewrites.get("chosen"):
+            lines.append(f"  int8 rewrites chosen by measurement: "
+                         f"{', '.join(self.int8_rewrites['chosen'])}")
         if self.layer_errors is not None and self.layer_errors.rows:
             w = self.layer_errors.worst()
             lines.append(f"  int8 error: '{w['layer']}' ({w['op']}) adds the most, "
@@ -319,8 +322,6 @@ def export_tflite(model: Any, path: str | os.PathLike, representative_data: Any 
     logits_flat = flat
     if softmax == "float" and int8:
         flat = _float_softmax(flat, dropped)
-    with open(path, "wb") as f:
-        f.write(flat)
     result = ExportResult(path=path, bytes=len(flat), format="tflite",
                           quantize="int8" if qat is not None else quantize, softmax=softmax)
     result.int8_rewrites = rewrites if qat is None else {}
@@ -337,7 +338,21 @@ def export_tflite(model: Any, path: str | os.PathLike, representative_data: Any 
     if layer_errors:
         result.layer_errors = tflite_layer_errors(_converter(quantized, None, None, int8_io),
                                                   logits_flat, samples, quantized)
+    _write(path, flat)  # last: a failed conversion or verification leaves no file behind
     return result
+
+
+def _write(path: str, content: bytes) -> None:
+    """Write through a temporary file in the same folder, so that `path` is either the whole
+    new file or what it was before (never a partial file)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _without_softmax(model: Any) -> tuple[Any, list[int]]:
@@ -469,13 +484,16 @@ def verify_tflite(model: Any, runner: LiteRTRunner, samples: list, quantize: str
     samples = samples[:VERIFY_SAMPLES]
     expected = [predict_outputs(model, s) for s in samples]
     got = [runner.run_all(s) for s in samples]
-    if quantize == "int8":
-        exp0 = np.concatenate([e[0] for e in expected])
-        got0 = np.concatenate([g[0] for g in got])
-        figures = {"mean_abs_error": float(np.mean(np.abs(exp0 - got0))),
-                   "max_abs_output": float(np.max(np.abs(exp0)))}
-        if exp0.ndim == 2 and exp0.shape[1] > 1:
-            figures["top1_agreement"] = float(np.mean(exp0.argmax(1) == got0.argmax(1)))
+    if quantize == "int8":  # every output; keys of outputs after the first end in _<index>
+        figures: dict[str, float] = {}
+        for i in range(len(expected[0])):
+            exp = np.concatenate([e[i] for e in expected])
+            out = np.concatenate([g[i] for g in got])
+            end = f"_{i}" if i else ""
+            figures[f"mean_abs_error{end}"] = float(np.mean(np.abs(exp - out)))
+            figures[f"max_abs_output{end}"] = float(np.max(np.abs(exp)))
+            if exp.ndim == 2 and exp.shape[1] > 1:
+                figures[f"top1_agreement{end}"] = float(np.mean(exp.argmax(1) == out.argmax(1)))
         return figures
     err = max(max_relative_error(e, g) for e, g in zip(expected, got))
     tol = 1e-2 if quantize == "float16" else 1e-4
@@ -501,22 +519,29 @@ def export_onnx(model: Any, path: str | os.PathLike, verify: bool = True,
         return model(xs[0] if len(xs) == 1 else list(xs), training=False)
 
     fn = tf.function(serve, input_signature=specs)
-    proto, _ = tf2onnx.convert.from_function(fn, input_signature=specs, opset=opset,
-                                             output_path=path)
-    ops = Counter(n.op_type for n in proto.graph.node)
-    result = ExportResult(path=path, bytes=os.path.getsize(path), format="onnx", ops=dict(ops))
-    if verify:
-        import onnxruntime as ort
+    tmp = f"{path}.tmp-{os.getpid()}"  # renamed to `path` once verified: no partial file
+    try:
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=specs, opset=opset,
+                                                 output_path=tmp)
+        ops = Counter(n.op_type for n in proto.graph.node)
+        result = ExportResult(path=path, bytes=os.path.getsize(tmp), format="onnx",
+                              ops=dict(ops))
+        if verify:
+            import onnxruntime as ort
 
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        xs = [np.concatenate(s) for s in zip(*_probe_samples(model, 2))]
-        names = [i.name for i in sess.get_inputs()]
-        got = sess.run(None, dict(zip(names, xs)))
-        err = max_relative_error(predict_outputs(model, xs), got)
-        if err > 1e-4:
-            raise VerificationError(f"{path}: ONNX outputs differ from Keras by {err:.3e} "
-                                    "(relative) > 1e-4")
-        result.verification = {"max_relative_error": err}
+            sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+            xs = [np.concatenate(s) for s in zip(*_probe_samples(model, 2))]
+            names = [i.name for i in sess.get_inputs()]
+            got = sess.run(None, dict(zip(names, xs)))
+            err = max_relative_error(predict_outputs(model, xs), got)
+            if err > 1e-4:
+                raise VerificationError(f"{path}: ONNX outputs differ from Keras by {err:.3e} "
+                                        "(relative) > 1e-4")
+            result.verification = {"max_relative_error": err}
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return result
 
 
