@@ -46,6 +46,10 @@ _LAZY = {
     "compare_reports": "kopt.runtime",
     "int8_layer_errors": "kopt.runtime",
     "Int8ErrorReport": "kopt.runtime",
+    "LatencyModel": "kopt.runtime",
+    "predict_latency": "kopt.runtime",
+    "Target": "kopt.flows.search",
+    "TargetNotReachedWarning": "kopt.errors",
     "load_digits": "kopt.flows.data",
     "digits_splits": "kopt.flows.data",
 }

@@ -13,6 +13,8 @@ import sys
 from typing import Any
 
 from kopt.flows.compress import compress
+from kopt.flows.search import SearchResult
+from kopt.flows.targeted import optimize_for_latency
 from kopt.ir import Graph
 from kopt.keras_io import from_keras, to_keras
 from kopt.rewriting import PassManager, Report, Rule
@@ -39,6 +41,7 @@ class Optimizer:
         self.report: Report | None = None
         self.graph: Graph | None = None
         self.steps: list[dict] = []
+        self.search: SearchResult | None = None
 
     def optimize_graph(self, g: Graph, reference: Any = None) -> Graph:
         rules = self.rules if self.rules is not None else exact_rules()
@@ -51,20 +54,32 @@ class Optimizer:
                  max_accuracy_drop: float = 0.005, *, metric: Any = None,
                  mode: str | None = None, max_metric_drop: float | None = None,
                  steps_per_epoch: int | None = None, validation_steps: int | None = None,
-                 recalibrate_bn: bool = False, **compress_options: Any) -> Any:
+                 recalibrate_bn: bool = False, target: Any = None,
+                 **compress_options: Any) -> Any:
         """Exact rules only, or with `data` the whole compression flow (see `optimize` and
-        kopt.flows.compress.compress); then self.steps logs each step (params, MACs,
-        validation score, kept or not)."""
+        kopt.flows.compress.compress), or with `data` and `target` the latency search
+        (kopt.flows.targeted); then self.steps logs each step (params, MACs, validation score,
+        kept or not; for the search also predicted and measured ms) and, for the search,
+        self.search holds its result (reached, message, measured speed-up)."""
         data_options = dict(metric=metric, mode=mode, max_metric_drop=max_metric_drop,
                             steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
                             recalibrate_bn=recalibrate_bn)
         if data is None:
+            if target is not None:
+                raise TypeError("target= needs data= (the search fine-tunes and scores "
+                                "every candidate)")
             given = sorted(compress_options) + sorted(
                 k for k, v in data_options.items() if v is not None and v is not False)
             if given:
                 raise TypeError(f"{given} apply only with data=")
             return self._exact(model, self.backend)
         compress_options.setdefault("progress", sys.stderr.isatty())  # long: show it at a TTY
+        if target is not None:
+            small, self.steps, self.search = optimize_for_latency(
+                model, data, target, validation, max_accuracy_drop,
+                finish=lambda m: self._exact(m, self.backend), **data_options,
+                **compress_options)
+            return small
         small, self.steps = compress(model, data, validation, max_accuracy_drop,
                                      finish=lambda m: self._exact(m, self.backend),
                                      **data_options, **compress_options)
@@ -80,7 +95,8 @@ def optimize(model: Any, data: Any = None, validation: Any = None,
              verify: bool = True, tolerance: float = 1e-4, backend: str = "keras", *,
              metric: Any = None, mode: str | None = None, max_metric_drop: float | None = None,
              steps_per_epoch: int | None = None, validation_steps: int | None = None,
-             recalibrate_bn: bool = False, **compress_options: Any) -> Any:
+             recalibrate_bn: bool = False, target: Any = None,
+             **compress_options: Any) -> Any:
     """A new model computing the same function with fewer layers and less work.
 
     Without data: exact rules only; the result is checked against `model` on seeded probe
@@ -107,8 +123,16 @@ def optimize(model: Any, data: Any = None, validation: Any = None,
     data (without it, stale statistics only raise a kopt.StaleBatchNormWarning).
     compress_options: epochs, prune_ratio, svd_energy, merge_width, batch_size, probes, seed...
     (kopt.flows.compress.compress). Use `Optimizer` to keep the report and the steps.
+
+    target: instead of the fixed recipe, search for the most accurate model meeting a latency
+    target measured on LiteRT (kopt.flows.targeted.optimize_for_latency): a number is a
+    speed-up over int8 PTQ of the original (target=3); kopt.Target(ms=..., runtime="litert",
+    threads=2) sets an absolute latency, the runtime and threads. When no model within the
+    allowed drop meets it, the fastest one that is within it is returned and a warning says
+    what was reached (Optimizer.search holds the details).
     """
     return Optimizer(rules, verify, tolerance, backend).optimize(
         model, data, validation, max_accuracy_drop, metric=metric, mode=mode,
         max_metric_drop=max_metric_drop, steps_per_epoch=steps_per_epoch,
-        validation_steps=validation_steps, recalibrate_bn=recalibrate_bn, **compress_options)
+        validation_steps=validation_steps, recalibrate_bn=recalibrate_bn, target=target,
+        **compress_options)

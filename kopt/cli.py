@@ -1,4 +1,4 @@
-"""`kopt inspect | optimize | report | export` — thin wrappers over the library."""
+"""`kopt inspect | optimize | report | export | latency` — thin wrappers over the library."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def _optimize(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, safe_mode=not args.unsafe)
     opt = Optimizer(verify=not args.no_verify, tolerance=args.tolerance)
+    if args.data is None and _target(args) is not None:
+        print("kopt: error: --speedup / --target-ms need --data (the search fine-tunes and "
+              "scores every candidate)", file=sys.stderr)
+        return 2
     if args.data is None:
         new = opt.optimize(model)
         print(opt.report)
@@ -46,15 +50,59 @@ def _optimize(args: argparse.Namespace) -> int:
                            metric=args.metric, mode=args.mode,
                            max_metric_drop=args.max_metric_drop,
                            recalibrate_bn=args.recalibrate_bn, epochs=args.epochs,
-                           progress=True)
+                           progress=True, target=_target(args))
         label = f"val {opt.steps[0]['metric']}"
         w = max(9, len(label) + 1)
-        print(f"{'step':<28}{'params':>10}{'MACs':>14}{label:>{w}}  kept")
+        ms = opt.search is not None  # the latency search also logs predicted / measured ms
+        print(f"{'step':<28}{'params':>10}{'MACs':>14}{label:>{w}}"
+              + (f"{'pred ms':>10}{'meas ms':>10}" if ms else "") + "  kept")
         for step in opt.steps:
+            times = "".join(f"{step[k]:>10.4f}" if step.get(k) is not None else f"{'':>10}"
+                            for k in ("predicted_ms", "measured_ms")) if ms else ""
             print(f"{step['step']:<28}{step['params']:>10,}{step['macs']:>14,}"
-                  f"{step['val_score']:>{w}.4f}  {'yes' if step['kept'] else 'no'}")
+                  f"{step['val_score']:>{w}.4f}{times}  {'yes' if step['kept'] else 'no'}")
+        if ms:
+            print(opt.search.message)
     new.save(args.output)
     print(f"wrote {args.output}")
+    return 0
+
+
+def _target(args: argparse.Namespace) -> Any:
+    """optimize's target= from --speedup / --target-ms (None: the fixed recipe)."""
+    if args.speedup is None and args.target_ms is None:
+        return None
+    from kopt.flows.search import Target
+
+    return Target(speedup=args.speedup, ms=args.target_ms, runtime=args.runtime,
+                  threads=args.threads)
+
+
+def _latency(args: argparse.Namespace) -> int:
+    """Predicted latency per fused group (measured and cached on this machine, or read from a
+    device's times with --device-json), --measure the whole model, --bundle for a device."""
+    from kopt.keras_io import load_model
+    from kopt.runtime.latency import LatencyModel
+
+    model = load_model(args.model, safe_mode=not args.unsafe)
+    if args.device_json:
+        lm = LatencyModel.from_device_json(args.device_json)
+    else:
+        lm = LatencyModel(args.runtime, args.threads, cache_dir=args.cache_dir, runs=args.runs)
+    if args.bundle:
+        path = lm.write_bundle(model, args.bundle)
+        print(f"wrote {path}: copy it to the device, run `python time_bundle.py BUNDLE -o "
+              "times.json` there (the script is in the bundle), then `kopt latency MODEL "
+              "--device-json times.json` here")
+        return 0
+    rep = lm.per_layer(model)
+    print(rep.table(args.top))
+    print(f"predicted {rep.total_ms:.4f} ms ({lm!r}; {lm.timed} group(s) timed now)")
+    if args.measure:
+        measured = lm.measure(model)
+        print(f"measured {measured:.4f} ms (predicted {rep.total_ms / measured - 1:+.1%})")
+    if args.json:
+        rep.to_json(args.json)
     return 0
 
 
@@ -96,10 +144,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recalibrate-bn", action="store_true",
                    help="re-estimate stale BatchNormalization statistics on --data first")
     p.add_argument("--epochs", type=int, default=5, help="distillation epochs per step")
+    p.add_argument("--speedup", type=float, default=None, help="with --data: search for the "
+                   "most accurate model this many times faster than int8 PTQ of the original, "
+                   "measured on --runtime (instead of the fixed recipe)")
+    p.add_argument("--target-ms", type=float, default=None,
+                   help="with --data: the same search for an absolute latency")
+    p.add_argument("--runtime", choices=("litert-int8", "litert"), default="litert-int8",
+                   help="with --speedup / --target-ms: the runtime measured")
+    p.add_argument("--threads", type=int, default=1, help="with --speedup / --target-ms")
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--tolerance", type=float, default=1e-4)
     p.add_argument("--unsafe", action="store_true")
     p.set_defaults(func=_optimize)
+    p = sub.add_parser("latency", help="predicted latency on LiteRT from per-group tables "
+                       "(cached; --bundle to time them on a device)")
+    p.add_argument("model")
+    p.add_argument("--runtime", choices=("litert-int8", "litert"), default="litert-int8")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=None, help="default: ~0.1 s of runs per group")
+    p.add_argument("--cache-dir", default=None,
+                   help="latency tables (default: $KOPT_CACHE_DIR/latency or ~/.cache/kopt)")
+    p.add_argument("--bundle", metavar="DIR", help="write the group files for a device (a "
+                   "folder, or a .zip) with tools/time_bundle.py, instead of predicting")
+    p.add_argument("--device-json", metavar="F", help="predict from times a device wrote")
+    p.add_argument("--measure", action="store_true", help="also run the whole model")
+    p.add_argument("--top", type=int, default=None, help="show only the N slowest groups")
+    p.add_argument("--json", help="write the per-group table as JSON")
+    p.add_argument("--unsafe", action="store_true")
+    p.set_defaults(func=_latency)
     sub.add_parser("report", help="per-layer timing report (see `kopt report -h`)")
     sub.add_parser("export", help="TFLite int8/float or ONNX export (see `kopt export -h`)")
     args = parser.parse_args(argv)

@@ -54,3 +54,8 @@ class ChannelSweepError(KoptError):
 class SearchTargetError(KoptError):
     """A latency target that cannot be searched for: give exactly one of a speed-up (> 1, over
     int8 PTQ of the original) or a latency in ms (> 0)."""
+
+
+class TargetNotReachedWarning(UserWarning):
+    """optimize(..., target=...) found no model within the allowed drop that meets the latency
+    target; the message says what was reached (Optimizer.search has every step)."""

@@ -94,7 +94,7 @@ def test_regression_with_float_targets(digits, regression, caplog):
     """The issue: IndexError from one-hot encoding float targets for a Dense(1) output."""
     x, y, _, _ = digits
     opt = kopt.Optimizer()
-    with caplog.at_level(logging.INFO, logger="kopt.flows.compress"):
+    with caplog.at_level(logging.INFO, logger="kopt.flows"):
         small = opt.optimize(regression, data=(x, y / 3.0), max_metric_drop=1.0, **FAST)
     assert "fidelity to the original's outputs" in caplog.text
     assert [s["metric"] for s in opt.steps] == ["fidelity to the original's outputs"] * 3

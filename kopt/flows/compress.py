@@ -12,7 +12,8 @@ logged with kept=False). The exact fusions are verified by the pass manager and 
 outputs, so they are always kept. The input model is never mutated: every step works on a
 fresh model emitted from the IR.
 
-Data comes in any form Keras takes (kopt.keras_io.batches.Batches). Arrays are used in memory,
+Data comes in any form Keras takes (kopt.keras_io.batches.Batches; set up by
+kopt.flows.prepare, shared with the latency search). Arrays are used in memory,
 as they always were. Streams are never stored: the rules calibrate on a bounded sample (the
 first CALIBRATION samples), distillation reads the stream batch by batch, and validation is
 scored batch by batch on every evaluation.
@@ -21,18 +22,14 @@ scored batch by batch on every evaluation.
 from __future__ import annotations
 
 import logging
-import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from kopt.errors import DataError, StaleBatchNormWarning
-from kopt.flows.distill import TeacherCache, bn_drift, recalibrate_bn as _recalibrate, retrain
-from kopt.flows.tasks import heads, labels_per_output, resolve_metric
+from kopt.flows.distill import retrain
+from kopt.flows.prepare import prepare, validation_batches
 from kopt.keras_io import from_keras, to_keras
-from kopt.keras_io.batches import Batches, sample_count, take_rows
 from kopt.progress import bar, say
 from kopt.rewriting import PassManager, Rule
 from rewrites import exact_rules
@@ -41,11 +38,6 @@ from rewrites.prune_entropy import PruneEntropy
 from rewrites.svd_dense import SvdDense
 
 log = logging.getLogger(__name__)
-
-CALIBRATION = 512  # samples drawn once: the BN check reads all, the rules their first 256
-HOLD_OUT = 0.15  # share of data held out for validation when none is given
-STALE_RELATIVE = 0.25  # BN statistics are stale when recalibrating moves outputs this much
-STALE_AGREEMENT = 0.9  # ... or keeps fewer top-1 predictions than this
 
 
 def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: float = 0.005,
@@ -95,41 +87,21 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
     verified); kopt.Optimizer passes its own exact pass so its rules, verify and tolerance
     apply and its report is filled.
     """
-    train = Batches(data, batch_size, steps_per_epoch, model, "data")
-    given = labels_per_output(model, train.arrays[1] if train.arrays is not None else
-                              train.peek(1)[0][1])
-    hs = heads(model, given)
-    metric = resolve_metric(metric, mode, max_metric_drop, max_accuracy_drop, hs)
-    log.info("compress: deciding on %r", metric)
-    if train.arrays is not None:
-        calib_x, calib_y = train.sample(CALIBRATION)
-        original = _check_batchnorm(model, train, calib_x, calib_y, recalibrate_bn)
-        train, val = _split_arrays(original, train, validation, hs, given)
-        calibration = train.arrays[0]  # the rules take their first samples, as before
-        fit_data: Any = train.arrays if train.arrays[2] is not None else train.arrays[:2]
-    else:  # held out first, so that the rules never calibrate on validation batches
-        train, val = _split_stream(train, validation, validation_steps)
-        calib_x, calib_y = train.sample(CALIBRATION)
-        original = _check_batchnorm(model, train, calib_x, calib_y, recalibrate_bn)
-        calibration, fit_data = calib_x, train
-    # a stream read again gives the same samples back: their teacher outputs are kept
-    cache = TeacherCache() if train.arrays is None and train.reiterable else None
-    if validation is not None:
-        val = _validation(validation, batch_size, validation_steps, original, "validation")
-    probes = {k: _validation(v, batch_size, None, original, f"probe '{k}'")
+    prep = prepare(model, data, validation, max_accuracy_drop, metric=metric, mode=mode,
+                   max_metric_drop=max_metric_drop, batch_size=batch_size,
+                   steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+                   recalibrate_bn=recalibrate_bn)
+    original, val, metric, calibration = prep.original, prep.val, prep.metric, prep.calibration
+    probes = {k: validation_batches(v, batch_size, None, original, f"probe '{k}'")
               for k, v in (probes or {}).items()}
-    references: dict = {}
-
-    def evaluate(candidate: Any, on: Batches) -> float:
-        return metric.score(candidate, on, reference=original, cache=references)
 
     def record(name: str, candidate: Any, kept: bool | None = None) -> dict:
         g = from_keras(candidate)
-        score = evaluate(candidate, val)
+        score = prep.score(candidate)
         ok = metric.kept(score, base) if kept is None else kept
         step = dict(step=name, params=g.count_params(), macs=g.count_macs(), val_score=score,
                     val_acc=score, metric=metric.name, kept=bool(ok))
-        step.update({f"acc_{k}": evaluate(candidate, v) for k, v in probes.items()})
+        step.update({f"acc_{k}": prep.score(candidate, v) for k, v in probes.items()})
         label = "val_acc" if metric.is_accuracy else "val"
         line = (f"compress: {name:<14} params {step['params']:>8}  MACs {step['macs']:>10}  "
                 f"{label} {score:.4f}  {'kept' if ok else 'rolled back'}")
@@ -137,12 +109,12 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
         say(line, progress and not log.isEnabledFor(logging.INFO))
         return step
 
-    base = evaluate(original, val)
+    base = prep.score(original)
     steps = [record("original", original, kept=True)]
     current = original
     stages: list[tuple[str, Sequence[float], Callable[[float], Rule]]] = [
         (f"merge {join}", _values(merge_width),
-         lambda w, j=join: _merge_rule(calibration, w, j, seed)) for join in _blocks(model)]
+         lambda w, j=join: _merge_rule(calibration, w, j, seed)) for join in blocks(model)]
     stages += [
         ("prune", _values(prune_ratio),
          lambda r: _prune_rule(calibration, r, criterion, round_to)),
@@ -160,8 +132,8 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
                 log.info("compress: %s %s gives the model already tried", name, value)
                 continue
             tried.add(shape)
-            retrain(candidate, teacher=original, data=fit_data, epochs=epochs, seed=seed,
-                    batch_size=batch_size, teacher_cache=cache)
+            retrain(candidate, teacher=original, data=prep.fit_data, epochs=epochs, seed=seed,
+                    batch_size=batch_size, teacher_cache=prep.teacher_cache)
             step = record(f"{name} {value}", candidate)
             steps.append(step)
             if step["kept"]:
@@ -170,106 +142,6 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
     fused = (finish or exact_fusion)(current)
     steps.append(record("fuse (exact)", fused, kept=True))
     return fused, steps
-
-
-def _split_arrays(model: Any, train: Batches, validation: Any, hs: list, given: list | None
-                  ) -> tuple[Batches, Batches | None]:
-    """In-memory data as it always was: a single classifier without labels gets the
-    original's top-1 as labels; the last HOLD_OUT of the samples is validation unless given."""
-    x, y, sw = train.arrays
-    if given is None and len(hs) == 1 and hs[0].classes:
-        y = np.argmax(np.asarray(model.predict(x, batch_size=256, verbose=0)), axis=-1)
-    n = sample_count(x)
-    if validation is not None:
-        return _arrays(train, x, y, sw, "data"), None
-    cut = int((1 - HOLD_OUT) * n)
-    log.info("compress: no validation data given; holding out the last %d samples of data",
-             n - cut)
-    head, tail = slice(0, cut), slice(cut, n)
-    val = _arrays(train, take_rows(x, tail), take_rows(y, tail), take_rows(sw, tail),
-                  "validation (held out of data)")
-    _at_least_a_batch(val)
-    return _arrays(train, take_rows(x, head), take_rows(y, head), take_rows(sw, head), "data"), val
-
-
-def _arrays(like: Batches, x: Any, y: Any, sw: Any, what: str) -> Batches:
-    out = Batches((x, y, sw), like.batch_size, what=what)
-    out.inputs = like.inputs
-    return out
-
-
-def _split_stream(train: Batches, validation: Any, validation_steps: int | None
-                  ) -> tuple[Batches, Batches | None]:
-    """Without validation the first HOLD_OUT of each pass's batches is held out: read again
-    each time from a source that restarts, kept in memory from a one-shot generator."""
-    if validation is not None:
-        return train, None
-    n = train.count()
-    k = validation_steps or max(1, math.ceil(HOLD_OUT * n))
-    if k >= n:
-        raise DataError(f"data has {n} batches per pass: too few to hold out {k} for "
-                        "validation; pass validation= (or more steps_per_epoch)")
-    log.info("compress: no validation data given; holding out the first %d of %d batches of "
-             "each pass", k, n)
-    if train.reiterable:
-        return train.view(k, None, steps=n - k), train.view(0, k)
-    val = train.head(k, "validation (held out of data)")
-    train.steps = n - k
-    return train, val
-
-
-def _validation(data: Any, batch_size: int, steps: int | None, model: Any,
-                what: str) -> Batches:
-    """Validation (or a probe set) read as Batches: a one-shot generator is read once and kept,
-    so that every step is scored on the same samples."""
-    val = Batches(data, batch_size, steps, model, what)
-    if not val.reiterable:
-        log.info("compress: %s is a one-shot generator: keeping its batches in memory to score "
-                 "every step on them (pass a function returning a fresh one to stream it)", what)
-        val = val.head(steps or 2**62, what)
-    if val.arrays is not None:
-        _at_least_a_batch(val)
-        heads(model, labels_per_output(model, val.arrays[1]))  # labels fit the outputs
-    return val
-
-
-def _at_least_a_batch(val: Batches) -> None:
-    n = sample_count(val.arrays[0])
-    if n < val.batch_size:
-        raise DataError(f"{val.what} holds {n} samples, fewer than one batch "
-                        f"({val.batch_size}): too few to decide on (its accuracy moves in steps "
-                        f"of 1/{n})")
-
-
-def _check_batchnorm(model: Any, train: Batches, x: Any, y: Any, recalibrate: bool) -> Any:
-    """The model compress starts from: `model`, or with recalibrate a recalibrated copy.
-    Warns when BatchNormalization's moving statistics disagree with the data."""
-    if recalibrate:
-        copy = to_keras(from_keras(model))
-        log.info("compress: recalibrating BatchNormalization statistics on a copy of the model")
-        return _recalibrate(copy, train.arrays[0] if train.arrays is not None else train)
-    drift = bn_drift(model, x, y)
-    if drift is None:
-        return model
-    stale = drift["relative"] > STALE_RELATIVE or drift.get("agreement", 1.0) < STALE_AGREEMENT
-    log.info("compress: BatchNormalization check on %d samples: %s", drift["samples"], drift)
-    if stale:
-        warnings.warn(_stale_message(drift), StaleBatchNormWarning, stacklevel=3)
-    return model
-
-
-def _stale_message(d: dict) -> str:
-    parts = [f"outputs change by {d['relative']:.0%} (relative RMS)"]
-    if "agreement" in d:
-        parts.append(f"top-1 changes on {1 - d['agreement']:.0%} of samples")
-    if "accuracy" in d:
-        parts.append(f"accuracy {d['accuracy']:.1%} in inference mode against "
-                     f"{d['accuracy_recalibrated']:.1%} with statistics from the data")
-    return ("BatchNormalization moving statistics look stale: re-estimating them on "
-            f"{d['samples']} samples of the data, {', '.join(parts)}. Inference and training "
-            "mode disagree, so every score compress measures (in inference mode) starts from a "
-            "broken baseline. Call kopt.recalibrate_bn(model, data) first (it changes the model "
-            "in place), or pass recalibrate_bn=True to compress a recalibrated copy.")
 
 
 def exact_fusion(model: Any) -> Any:
@@ -290,7 +162,7 @@ def _merge_rule(x: Any, width: float, join: str, seed: int) -> Rule:
     return MergeInception(x, width=width, only=join, seed=seed)
 
 
-def _blocks(model: Any) -> list[str]:
+def blocks(model: Any) -> list[str]:
     """Joins (Concatenate / Add) of the model, in graph order: the candidate blocks to merge."""
     return [n.name for n in from_keras(model).nodes_of(*JOINS)]
 

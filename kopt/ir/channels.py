@@ -215,12 +215,15 @@ def prune_group(g: Graph, group: Group, keep_indices: list[int] | np.ndarray) ->
         out_mask = mask(maps.get((node.name, 0)))
         in_edges = g.in_edges(node.name)
         in_mask = mask(maps.get(in_edges[0][:2])) if len(in_edges) == 1 else None
-        _slice_weights(node, in_mask, out_mask)
+        slice_weights(node, in_mask, out_mask)
         if out_mask is not None:
             node.output_shapes[0] = tuple(node.output_shapes[0][:-1]) + (int(out_mask.sum()),)
 
 
-def _slice_weights(node: Node, in_mask: np.ndarray | None, out_mask: np.ndarray | None) -> None:
+def slice_weights(node: Node, in_mask: np.ndarray | None, out_mask: np.ndarray | None) -> None:
+    """Keep the input channels `in_mask` and output channels `out_mask` (boolean, None for all)
+    in one node's weights and config. prune_group calls it for every member of a group; the
+    latency model calls it to narrow a standalone conv group for its channel sweep."""
     w, cfg = node.weights, node.config
     if node.op in SOURCES:
         if in_mask is not None:

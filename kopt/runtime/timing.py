@@ -16,111 +16,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
-
-from kopt.errors import KoptError
 from kopt.ir import Graph, Node
 from kopt.ir.ops import KINDS, category, kind
 from kopt.keras_io import from_keras, to_keras
 from kopt.progress import bar
 from kopt.runtime.clock import median_ms
-from kopt.runtime.convert import convert_tflite
-from kopt.runtime.litert import LiteRTRunner
+from kopt.runtime.groups import fused_group, group_key, sub_graph
+from kopt.runtime.timer import RUNTIMES, Timer, overhead_ms  # noqa: F401 - RUNTIMES for the CLI
 
 log = logging.getLogger(__name__)
-
-RUNTIMES = ("keras", "litert", "litert-int8")
-
-
-def _inputs_of(shapes: list[tuple], rng: np.random.Generator) -> list[np.ndarray]:
-    return [rng.normal(0, 1, s).astype(np.float32) for s in shapes]
-
-
-class _Timer:
-    """Builds a callable that runs a Keras model once in one runtime."""
-
-    def __init__(self, runtime: str, threads: int):
-        if runtime not in RUNTIMES:
-            raise KoptError(f"runtime '{runtime}': use one of {RUNTIMES}")
-        self.runtime, self.threads = runtime, threads
-
-    def callable(self, model: Any, shapes: list[tuple], data: Any = None) -> Callable[[], Any]:
-        rng = np.random.default_rng(0)
-        xs = _inputs_of(shapes, rng)
-        if self.runtime == "keras":
-            import tensorflow as tf
-
-            arg = [tf.constant(x) for x in xs]
-            fn = tf.function(lambda *a: model(a[0] if len(a) == 1 else list(a), training=False))
-            return lambda: fn(*arg)
-        quantize = "int8" if self.runtime == "litert-int8" else None
-        if quantize and data is None:
-            data = xs if len(xs) > 1 else np.concatenate([_inputs_of(shapes, rng)[0]
-                                                          for _ in range(4)])
-        flat = convert_tflite(model, quantize=quantize, representative_data=data)
-        runner = LiteRTRunner(flat, threads=self.threads)
-        runner.set_inputs(xs)
-        return runner.invoke
-
-
-# ---- the per-node models -------------------------------------------------------------------
-# Followers a runtime fuses into the op before them (TFLite folds BN into conv and fuses ReLU
-# into conv/add; TF's remapper does the same on CPU). Timed alone they would pay a full pass
-# over memory that the whole model never pays, so they are timed inside their group too.
-_FUSABLE = {"BatchNormalization": ("conv", "fc"), "ReLU": ("conv", "fc", "merge", "bn"),
-            "Activation": ("conv", "fc", "merge", "bn")}
-_FUSABLE_ACTIVATIONS = {"relu", "relu6", "linear"}
-
-
-def fused_group(g: Graph, head: Node) -> list[Node]:
-    """`head` and the BN / ReLU chain after it that a runtime fuses into it."""
-    chain = [head]
-    if kind(head.op) not in ("conv", "fc", "merge"):
-        return chain
-    while len(chain) < 3:
-        nxt = g.only_consumer(chain[-1].name)
-        if nxt is None or kind(chain[-1].op) not in _FUSABLE.get(nxt.op, ()) \
-                or (nxt.op == "Activation" and nxt.activation not in _FUSABLE_ACTIVATIONS) \
-                or len(g.in_edges(nxt.name)) != 1:
-            break
-        chain.append(nxt)
-    return chain
-
-
-def _sub_model(g: Graph, nodes: list[Node], batch: int) -> tuple[Any, list[tuple]]:
-    """A Keras model computing `nodes` (a chain or one node) on inputs of their real shapes."""
-    sub = Graph(f"t_{nodes[0].name}")
-    inside = {n.name for n in nodes}
-    shapes: list[tuple] = []
-    for node in nodes:
-        copy = node.copy()
-        copy.shared_key = None
-        sub.add(copy)
-    for node in nodes:
-        for src, sp, dp in g.in_edges(node.name):
-            if src in inside:
-                sub.connect(src, node.name, sp, dp)
-                continue
-            name = f"in_{len(shapes)}"
-            shape = (batch,) + tuple(g[src].output_shapes[sp][1:])
-            dtypes = g[src].output_dtypes
-            sub.add(Node(name=name, op="InputLayer", config={}, output_shapes=[shape],
-                         output_dtypes=[dtypes[sp] if len(dtypes) > sp else "float32"]))
-            sub.inputs.append(name)
-            sub.connect(name, node.name, 0, dp)
-            shapes.append(shape)
-    last = nodes[-1]
-    sub.outputs = [(last.name, p) for p in range(max(1, len(last.output_shapes)))]
-    return to_keras(sub), shapes
-
-
-def _node_key(g: Graph, nodes: list[Node]) -> str:
-    parts = []
-    for node in nodes:
-        config = {k: v for k, v in node.config.items() if k != "name"}
-        parts.append((node.op, sorted(config.items(), key=lambda kv: kv[0]),
-                      g.input_shapes(node.name), node.call))
-    return repr(parts)
 
 
 # ---- the report --------------------------------------------------------------------------
@@ -255,11 +159,11 @@ def timing_report(model: Any, runtime: str = "keras", batch_size: int = 1, threa
     own thread pools. representative_data only calibrates the whole int8 model (random data
     otherwise: timings do not depend on the quantisation ranges)."""
     g = from_keras(model)
-    timer = _Timer(runtime, threads)
+    timer = Timer(runtime, threads)
     shapes = [(batch_size,) + tuple(g[n].output_shape[1:]) for n in g.inputs]
     whole = timer.callable(_fixed_batch(model, g, batch_size), shapes, representative_data)
     total = median_ms(whole, runs)
-    overhead = _overhead_ms(timer, runs)
+    overhead = overhead_ms(timer, runs)
     measure = _Measurer(g, timer, batch_size, runs, overhead)
     nodes = [n for n in g.topological() if n.op != "InputLayer"]
     times = {n.name: measure([n]) for n in bar(nodes, progress, desc=f"timing ({runtime})")}
@@ -277,18 +181,18 @@ def timing_report(model: Any, runtime: str = "keras", batch_size: int = 1, threa
 
 
 class _Measurer:
-    """Times node lists as sub-models; identical ones (op, config, shapes) are built once."""
+    """Times node lists as sub-models; identical ones (same groups.group_key) are built once."""
 
-    def __init__(self, g: Graph, timer: _Timer, batch: int, runs: int | None, overhead: float):
+    def __init__(self, g: Graph, timer: Timer, batch: int, runs: int | None, overhead: float):
         self.g, self.timer, self.batch, self.runs, self.overhead = g, timer, batch, runs, overhead
         self.cache: dict[str, Callable[[], Any] | None] = {}
 
     def __call__(self, nodes: list[Node]) -> float:
-        key = _node_key(self.g, nodes)
+        sub, shapes = sub_graph(self.g, nodes, self.batch)
+        key = group_key(sub)
         if key not in self.cache:
             try:
-                model, shapes = _sub_model(self.g, nodes, self.batch)
-                self.cache[key] = self.timer.callable(model, shapes)
+                self.cache[key] = self.timer.callable(to_keras(sub), shapes)
             except Exception as err:  # noqa: BLE001 - one untimeable layer must not sink all
                 log.warning("'%s' (%s) could not be timed in %s: %s", nodes[0].name,
                             nodes[0].op, self.timer.runtime, err)
@@ -316,15 +220,6 @@ def _fixed_batch(model: Any, g: Graph, batch: int) -> Any:
     for n in g.inputs:
         g[n].output_shapes = [(batch,) + tuple(g[n].output_shape[1:])]
     return to_keras(g, backend=g[g.inputs[0]].source)
-
-
-def _overhead_ms(timer: _Timer, runs: int | None) -> float:
-    """Cost of one call of a trivial model: what every per-node measurement pays extra."""
-    import keras
-
-    x = keras.Input(batch_shape=(1, 4))
-    trivial = keras.Model(x, keras.layers.ReLU()(x))
-    return median_ms(timer.callable(trivial, [(1, 4)]), runs)
 
 
 # ---- comparing -----------------------------------------------------------------------------

@@ -1,0 +1,118 @@
+"""The moves a latency search can make from one model, each with its predicted latency.
+
+Channel moves: for each prunable channel group (kopt.ir.channels), the widths worth pruning to
+are the steps of the group's measured latency curve (LatencyModel.channel_steps: XNNPACK runs
+whole tiles, so a width inside a plateau costs what the plateau's widest width costs); the move
+is the *smallest* cut to a step width whose whole-model predicted latency is lower by the
+iteration's budget (NetAdapt, Yang et al. 2018). Channels are chosen by the pruning rule's
+criterion (rewrites.prune_entropy.channel_scores). Rule moves: an approximate rule (a block
+merged, a Dense factored) applied as a whole, offered when it is predicted to be faster.
+Where no move reaches the budget, each group's largest predicted cut is still reported, so the
+search can say why a target is out of reach.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kopt.errors import ChannelSweepError
+from kopt.ir import Graph
+from kopt.ir.channels import Group, channel_groups, prune_group
+from kopt.rewriting import PassManager, Rule
+from kopt.runtime.channel_steps import sweep_widths
+from kopt.runtime.latency import LatencyModel
+from rewrites.prune_entropy import channel_scores
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidate:
+    """One move: its name, the graph after it and what is known about it so far."""
+
+    name: str
+    graph: Graph
+    predicted_ms: float
+    error: float | None = None  # calibration error against the model it was made from
+    score: float | None = None  # validation score after the short fine-tune
+    measured_ms: float | None = None
+    model: Any = None
+    info: dict = field(default_factory=dict)
+
+
+def prune_to(g: Graph, group: Group, width: int, criterion: str = "l1",
+             data: Any = None) -> Graph:
+    """A copy of `g` whose `group` keeps its `width` best channels by `criterion`."""
+    out = g.copy()
+    scores = channel_scores(out, group, criterion, data)
+    keep = np.sort(np.argsort(-scores, kind="stable")[:width])
+    prune_group(out, group, keep)
+    return out
+
+
+def step_widths(lm: LatencyModel, g: Graph, group: Group) -> list[int]:
+    """Widths below the group's current one worth pruning to, widest first: the steps of its
+    first source's measured curve, or the plain sweep when that source cannot be swept."""
+    try:
+        widths = lm.channel_steps(g, group.sources[0]).steps
+    except ChannelSweepError:
+        widths = sweep_widths(len(group))
+    return sorted((w for w in widths if w < len(group)), reverse=True)
+
+
+def channel_candidates(g: Graph, lm: LatencyModel, current_ms: float, cut_ms: float,
+                       criterion: str = "l1", data: Any = None, min_channels: int = 4
+                       ) -> tuple[list[Candidate], list[Candidate], list[dict]]:
+    """(moves that cut the predicted latency by cut_ms, one per group at most; for the groups
+    with none, their largest predicted cut if any, as fallbacks; and a row per prunable group
+    with its largest predicted cut, for the report)."""
+    moves, fallbacks, table = [], [], []
+    for group in channel_groups(g):
+        if not group.prunable or len(group) <= min_channels:
+            continue
+        best: Candidate | None = None
+        reached = False
+        for width in step_widths(lm, g, group):
+            if width < min_channels:
+                break
+            graph = prune_to(g, group, width, criterion, data)
+            cand = Candidate(f"prune {group.key} {len(group)}->{width}", graph,
+                             lm.predict(graph), info={"group": group.key, "width": width,
+                                                      "channels": len(group)})
+            if best is None or cand.predicted_ms < best.predicted_ms:
+                best = cand
+            if current_ms - cand.predicted_ms >= cut_ms:
+                moves.append(cand)
+                reached = True
+                break
+        cut = 0.0 if best is None else current_ms - best.predicted_ms
+        table.append({"group": group.key, "channels": len(group),
+                      "best_width": None if best is None else best.info["width"],
+                      "best_cut_ms": cut})
+        if not reached and best is not None and cut > 0:
+            fallbacks.append(best)
+    return moves, fallbacks, table
+
+
+def rule_candidates(g: Graph, lm: LatencyModel, current_ms: float, cut_ms: float,
+                    rules: list[tuple[str, Rule]]) -> tuple[list[Candidate], list[Candidate]]:
+    """Each rule applied (unverified: approximate rules change outputs on purpose): (those
+    predicted to cut cut_ms, and those predicted faster by less, as fallbacks). A rule that
+    changes nothing, or is not predicted faster, is no move."""
+    moves, fallbacks = [], []
+    for name, rule in rules:
+        graph, report = PassManager([rule], verify=False).run(g)
+        if not report.applied:
+            continue
+        predicted = lm.predict(graph)
+        if predicted >= current_ms:
+            log.info("search: %s is not predicted faster (%.4f -> %.4f ms)", name, current_ms,
+                     predicted)
+            continue
+        (moves if current_ms - predicted >= cut_ms else fallbacks).append(
+            Candidate(name, graph, predicted))
+    return moves, fallbacks

@@ -1,0 +1,293 @@
+"""Latency-targeted compression: NetAdapt-style iterations steered by the latency model and
+judged by measured latency on the target runtime.
+
+Each iteration asks for a cut of the predicted latency (a fixed share of the original's) and
+builds, for each prunable channel group and each approximate rule, the smallest move that gives
+it (kopt.flows.candidates; channel counts snapped to the steps of the measured latency curve).
+Candidates are ranked cheaply first, by their output error on calibration samples; only the
+`top_k` best are fine-tuned briefly and scored on validation, and the best-scoring one is run
+on the runtime: it is kept only when its *measured* latency is lower than the current model's
+by `min_gain`, whatever it does to parameters or MACs (else the next one is tried). Iterations
+stop when the measured latency meets the target, or when no move lowers it. The last model gets
+a longer distillation; if it then scores more than `max_drop` below the original, the fastest
+kept model that is within it is returned instead, and the result says plainly that the target
+was not reached and what was.
+
+The evaluation is passed in (score, finetune), so the loop does not depend on the form of the
+data: `accuracy_scorer` and `distiller` build them from arrays; kopt.flows.targeted builds them
+from the compression flow's data handling for optimize(..., target=...).
+
+Reproducibility: the moves, their ranking and the fine-tunes are seeded, so a run repeats
+itself except where a measured latency decides; a candidate whose measured gain is close to
+`min_gain` can fall either way on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from kopt.errors import SearchTargetError
+from kopt.flows.candidates import Candidate, channel_candidates, rule_candidates
+from kopt.flows.distill import retrain
+from kopt.keras_io import from_keras, to_keras
+from kopt.keras_io.probes import predict_outputs
+from kopt.progress import say
+from kopt.rewriting import Rule, max_relative_error
+from kopt.runtime.latency import LatencyModel
+
+log = logging.getLogger(__name__)
+
+Score = Callable[[Any], float]  # a Keras model -> validation score, higher is better
+Finetune = Callable[[Any, int], Any]  # (Keras model, epochs) -> trains it in place
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to reach: `speedup` over the measured latency of int8 PTQ of the original (in
+    `runtime`; over the float file for runtime "litert"), or an absolute latency `ms`."""
+
+    speedup: float | None = None
+    ms: float | None = None
+    runtime: str = "litert-int8"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.speedup is None) == (self.ms is None):
+            raise SearchTargetError("give exactly one of speedup= or ms= as the target")
+        if self.speedup is not None and not self.speedup > 1:
+            raise SearchTargetError(f"speedup must be > 1, got {self.speedup}")
+        if self.ms is not None and not self.ms > 0:
+            raise SearchTargetError(f"ms must be > 0, got {self.ms}")
+
+    def goal_ms(self, original_ms: float) -> float:
+        return self.ms if self.ms is not None else original_ms / self.speedup
+
+    def __str__(self) -> str:
+        what = f"{self.speedup:g}x" if self.speedup is not None else f"{self.ms:g} ms"
+        return f"{what} on {self.runtime} ({self.threads} thread(s))"
+
+
+@dataclass
+class SearchResult:
+    """The model returned, every step tried, and whether the target was met."""
+
+    model: Any
+    steps: list[dict]
+    reached: bool
+    message: str
+    original_ms: float
+    goal_ms: float
+    measured_ms: float
+    original_score: float
+    score: float
+    reach_table: list[dict] = field(default_factory=list)
+
+    @property
+    def speedup(self) -> float:
+        return self.original_ms / self.measured_ms
+
+
+@dataclass
+class _Point:
+    model: Any
+    measured_ms: float
+    predicted_ms: float
+    score: float
+    name: str
+
+
+def latency_search(model: Any, target: Target, score: Score, finetune: Finetune | None = None,
+                   calibration: Any = None, max_drop: float = 0.005,
+                   latency: LatencyModel | None = None, step: float = 0.1, top_k: int = 2,
+                   short_epochs: int = 1, final_epochs: int = 5, max_iterations: int = 30,
+                   criterion: str = "l1", min_gain: float = 0.01, min_channels: int = 4,
+                   rules: list[tuple[str, Rule]] | None = None, measure_runs: int = 200,
+                   progress: bool = False) -> SearchResult:
+    """Search for the most accurate model meeting `target` (see the module docstring).
+
+    score(model) -> validation score (higher is better; max_drop is in its units);
+    finetune(model, epochs) trains a candidate in place (distillation from the original, say;
+    None: no training, candidates are judged as they are); calibration: input samples for the
+    ranking error and for data-driven pruning criteria; latency: the LatencyModel to predict
+    and measure with (default: this machine's; it must time target.runtime and threads);
+    step: the predicted cut asked of each iteration, as a share of the original's predicted
+    latency; criterion: how channels are chosen ("l1", "bn_gamma", or "entropy" with
+    calibration); rules: extra (name, approximate rule) moves offered every iteration."""
+    lm = latency or LatencyModel(target.runtime, target.threads)
+    if (lm.runtime, lm.threads) != (target.runtime, target.threads):
+        raise SearchTargetError(f"the latency model times {lm.runtime} with {lm.threads} "
+                                f"thread(s), the target is for {target}")
+    current, g = model, from_keras(model)
+    measured = lm.measure(model, runs=measure_runs)
+    predicted = lm.predict(g)
+    goal = target.goal_ms(measured)
+    base = score(model)
+    steps = [_row("original", g, predicted, measured, base, kept=True)]
+    points = [_Point(model, measured, predicted, base, "original")]
+    cut = step * predicted
+    reach_table: list[dict] = []
+    stop = ""
+    _say(f"search: target {target}: {measured:.4f} -> {goal:.4f} ms (predicted "
+         f"{predicted:.4f}), score {base:.4f}", progress)
+    for it in range(1, max_iterations + 1):
+        if measured <= goal:
+            break
+        budget = min(cut, predicted - _floor(lm))
+        moves, fallbacks, reach_table = channel_candidates(g, lm, predicted, budget, criterion,
+                                                           calibration, min_channels)
+        rule_moves, rule_fallbacks = rule_candidates(g, lm, predicted, budget, rules or [])
+        moves = (moves + rule_moves) or (fallbacks + rule_fallbacks)
+        if not moves:
+            stop = "no move is predicted to lower the latency" + _reach_summary(reach_table)
+            break
+        _rank(moves, current, calibration)
+        accepted = None
+        for cand in _shortlist(moves, top_k, current, finetune, short_epochs, score):
+            cand.measured_ms = lm.measure(cand.model, runs=measure_runs)
+            ok = cand.measured_ms < measured * (1 - min_gain)
+            steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
+                              cand.measured_ms, cand.score, ok, cand.error))
+            _say(_line(steps[-1]), progress)
+            if ok:
+                accepted = cand
+                break
+        if accepted is None:
+            stop = (f"no candidate of iteration {it} lowered the measured latency by "
+                    f"{min_gain:.0%} ({measured:.4f} ms)")
+            break
+        current, g = accepted.model, from_keras(accepted.model)
+        measured, predicted = accepted.measured_ms, lm.predict(g)
+        points.append(_Point(current, measured, predicted, accepted.score, accepted.name))
+    else:
+        stop = f"stopped after {max_iterations} iterations"
+    return _finish(points, steps, goal, base, max_drop, finetune, final_epochs, score, stop,
+                   reach_table, lm, measure_runs, progress)
+
+
+def _reach_summary(table: list[dict], top: int = 3) -> str:
+    """The groups that could cut the most, for a message saying why a target is out of reach."""
+    rows = sorted(table, key=lambda r: -r["best_cut_ms"])[:top]
+    if not rows:
+        return " (no prunable channel group)"
+    return " (largest predicted cuts: " + ", ".join(
+        f"{r['group']} {r['channels']}->{r['best_width']}: {r['best_cut_ms']:.4f} ms"
+        for r in rows) + "; SearchResult.reach_table has every group)"
+
+
+def _floor(lm: LatencyModel) -> float:
+    """No cut can go below the runtime's fixed cost per call."""
+    return lm.overhead_ms()
+
+
+def _rank(moves: list[Candidate], current: Any, calibration: Any) -> None:
+    """Cheapest estimate first: output error on calibration samples against the current model
+    (without calibration data: the predicted latency, fastest first)."""
+    if calibration is None:
+        moves.sort(key=lambda c: c.predicted_ms)
+        return
+    reference = predict_outputs(current, calibration, batch_size=128)
+    for cand in moves:
+        cand.model = to_keras(cand.graph)
+        cand.error = max_relative_error(reference, predict_outputs(cand.model, calibration,
+                                                                   batch_size=128))
+    moves.sort(key=lambda c: (c.error, c.predicted_ms))
+
+
+def _shortlist(moves: list[Candidate], top_k: int, current: Any, finetune: Finetune | None,
+               epochs: int, score: Score) -> list[Candidate]:
+    """The top_k best-ranked moves, fine-tuned briefly and scored, best score first."""
+    short = moves[:max(1, top_k)]
+    for cand in short:
+        if cand.model is None:
+            cand.model = to_keras(cand.graph)
+        if finetune is not None and epochs > 0:
+            finetune(cand.model, epochs)
+            cand.graph = from_keras(cand.model)
+        cand.score = score(cand.model)
+    return sorted(short, key=lambda c: -c.score)
+
+
+def _finish(points: list[_Point], steps: list[dict], goal: float, base: float,
+            max_drop: float, finetune: Finetune | None, epochs: int, score: Score, stop: str,
+            reach_table: list[dict], lm: LatencyModel, runs: int, progress: bool
+            ) -> SearchResult:
+    """Final distillation of the last kept model; if it then scores more than max_drop below
+    the original, the fastest kept model within it (the original at worst). An earlier model
+    is distilled again only when its short-fine-tune score plus what the final distillation
+    added to the last one could reach the bar, so a failed target costs few distillations."""
+    original = points[0]
+    chosen, gain = None, None
+    for point in reversed(points):
+        if point is not original and finetune is not None and epochs > 0:
+            if gain is not None and point.score + gain < base - max_drop:
+                continue
+            before = point.score
+            finetune(point.model, epochs)
+            point.score = score(point.model)
+            point.measured_ms = lm.measure(point.model, runs=runs)
+            gain = max(gain or 0.0, point.score - before)
+            steps.append(_row(f"final distillation ({point.name})", from_keras(point.model),
+                              point.predicted_ms, point.measured_ms, point.score, kept=True))
+            _say(_line(steps[-1]), progress)
+        if base - point.score <= max_drop:
+            chosen = point
+            break
+    chosen = chosen or original
+    reached = chosen.measured_ms <= goal
+    what = (f"{original.measured_ms / chosen.measured_ms:.2f}x ({original.measured_ms:.4f} -> "
+            f"{chosen.measured_ms:.4f} ms measured), score {base:.4f} -> {chosen.score:.4f}")
+    if reached:
+        message = f"target reached: {what}"
+    else:
+        message = (f"target NOT reached (goal {goal:.4f} ms): got {what}"
+                   + (f"; {stop}" if stop else "")
+                   + ("" if chosen is points[-1] else
+                      f"; the faster models found scored more than {max_drop} below the "
+                      "original"))
+    _say(f"search: {message}", progress)
+    return SearchResult(chosen.model, steps, reached, message, original.measured_ms, goal,
+                        chosen.measured_ms, base, chosen.score, reach_table)
+
+
+def _row(name: str, g: Any, predicted: float, measured: float, val: float | None, kept: bool,
+         error: float | None = None) -> dict:
+    return dict(step=name, predicted_ms=predicted, measured_ms=measured,
+                params=g.count_params(), macs=g.count_macs(), val_score=val,
+                calibration_error=error, kept=bool(kept))
+
+
+def _line(row: dict) -> str:
+    val = "-" if row["val_score"] is None else f"{row['val_score']:.4f}"
+    return (f"search: {row['step']:<40} pred {row['predicted_ms']:.4f} ms  meas "
+            f"{row['measured_ms']:.4f} ms  params {row['params']:>8}  MACs {row['macs']:>10}  "
+            f"val {val}  {'kept' if row['kept'] else 'rejected'}")
+
+
+def _say(line: str, progress: bool) -> None:
+    log.info("%s", line)
+    say(line, progress and not log.isEnabledFor(logging.INFO))
+
+
+# ---- evaluation from arrays --------------------------------------------------------------
+def accuracy_scorer(x: Any, y: Any, batch_size: int = 256) -> Score:
+    """score(model) = top-1 accuracy on (x, y), y class indices or one-hot."""
+    import numpy as np
+
+    labels = np.asarray(y)
+    labels = labels.argmax(-1) if labels.ndim > 1 else labels
+
+    def score(m: Any) -> float:
+        out = predict_outputs(m, x, batch_size=batch_size)[0]
+        return float(np.mean(np.argmax(out, axis=-1) == labels))
+
+    return score
+
+
+def distiller(teacher: Any, data: Any, seed: int = 0, **options: Any) -> Finetune:
+    """finetune(model, epochs): kopt.flows.distill.retrain from `teacher` on `data`."""
+    def finetune(m: Any, epochs: int) -> Any:
+        return retrain(m, teacher=teacher, data=data, epochs=epochs, seed=seed, **options)
+
+    return finetune

@@ -1,0 +1,97 @@
+"""optimize(model, data=..., target=...): the latency search fed by the compression flow's data
+handling.
+
+The search (kopt.flows.search) takes a score and a fine-tune function; this module builds them
+from the same start as compress() (kopt.flows.prepare): data in any form Keras takes, the
+validation metric resolved by kopt.flows.tasks (accuracy, fidelity, a Keras metric or a
+callable; "min" metrics negated, so higher is better), validation held out of data when not
+given, the BatchNormalization check, and distillation from the original with
+kopt.flows.distill.retrain.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Callable
+
+from kopt.errors import TargetNotReachedWarning
+from kopt.flows.compress import blocks
+from kopt.flows.distill import retrain
+from kopt.flows.prepare import prepare
+from kopt.flows.search import SearchResult, Target, latency_search
+from kopt.keras_io import from_keras
+from kopt.rewriting import Rule
+from kopt.runtime.latency import LatencyModel
+from rewrites.merge_inception import MergeInception
+from rewrites.svd_dense import SvdDense
+
+log = logging.getLogger(__name__)
+
+RULE_SAMPLES = 256  # calibration samples the rule moves and the ranking read
+
+
+def as_target(target: Any) -> Target:
+    """A Target from what optimize(target=) accepts: a Target, a number (a speed-up over int8
+    PTQ of the original), or a dict of Target's fields."""
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, dict):
+        return Target(**target)
+    return Target(speedup=float(target))
+
+
+def structural_moves(model: Any, calibration: Any, seed: int = 0) -> list[tuple[str, Rule]]:
+    """The rule moves offered each iteration besides channel cuts: each inception / residual
+    block merged into one conv at half its output width, and Dense layers factored by SVD."""
+    moves: list[tuple[str, Rule]] = [
+        (f"merge {join}", MergeInception(calibration, width=0.5, only=join, seed=seed))
+        for join in blocks(model)]
+    return moves + [("svd dense 0.9", SvdDense(energy=0.9))]
+
+
+def optimize_for_latency(model: Any, data: Any, target: Any, validation: Any = None,
+                         max_accuracy_drop: float = 0.005, *, metric: Any = None,
+                         mode: str | None = None, max_metric_drop: float | None = None,
+                         batch_size: int = 64, steps_per_epoch: int | None = None,
+                         validation_steps: int | None = None, recalibrate_bn: bool = False,
+                         epochs: int = 5, short_epochs: int = 1, seed: int = 0,
+                         criterion: str = "l1", structural: bool = True,
+                         latency: LatencyModel | None = None, progress: bool = False,
+                         finish: Callable[[Any], Any] | None = None,
+                         **search_options: Any) -> tuple[Any, list[dict], SearchResult]:
+    """(model, steps, search result): the most accurate model found that meets `target`
+    (kopt.flows.search.latency_search), then `finish` (the exact pass) on it. epochs: the
+    final distillation; short_epochs: each candidate's fine-tune. search_options go to
+    latency_search (step, top_k, max_iterations, min_gain, measure_runs, ...)."""
+    goal = as_target(target)
+    prep = prepare(model, data, validation, max_accuracy_drop, metric=metric, mode=mode,
+                   max_metric_drop=max_metric_drop, batch_size=batch_size,
+                   steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+                   recalibrate_bn=recalibrate_bn)
+    original, chosen_metric = prep.original, prep.metric
+    calibration = prep.train.sample(RULE_SAMPLES)[0]
+    sign = 1.0 if chosen_metric.mode == "max" else -1.0
+
+    def score(m: Any) -> float:
+        return sign * prep.score(m)
+
+    def finetune(m: Any, n: int) -> Any:
+        return retrain(m, teacher=original, data=prep.fit_data, epochs=n, seed=seed,
+                       batch_size=batch_size, teacher_cache=prep.teacher_cache)
+
+    rules = structural_moves(original, calibration, seed) if structural else []
+    result = latency_search(original, goal, score, finetune, calibration,
+                            max_drop=chosen_metric.drop, latency=latency, short_epochs=short_epochs,
+                            final_epochs=epochs, criterion=criterion, rules=rules,
+                            progress=progress, **search_options)
+    if not result.reached:
+        warnings.warn(result.message, TargetNotReachedWarning, stacklevel=3)
+    steps = [dict(s, val_score=None if s["val_score"] is None else sign * s["val_score"],
+                  metric=chosen_metric.name) for s in result.steps]
+    out = finish(result.model) if finish is not None else result.model
+    if finish is not None:
+        g = from_keras(out)
+        steps.append(dict(step="fuse (exact)", params=g.count_params(), macs=g.count_macs(),
+                          val_score=sign * score(out), metric=chosen_metric.name, kept=True))
+    return out, steps, result
