@@ -11,6 +11,11 @@ from typing import Any
 import numpy as np
 
 from kopt.ir import Graph, Node
+from rewrites._linear import bn_axis_is_last
+
+PER_PIXEL = {"BatchNormalization", "ReLU", "Activation", "LeakyReLU", "ELU", "Dropout"}
+"""Layers that act on each pixel alone at inference (BN over the channel axis, activations,
+Dropout): they commute with dropping or subsampling pixels."""
 
 
 def pair(value: Any) -> tuple:
@@ -18,6 +23,19 @@ def pair(value: Any) -> tuple:
     if isinstance(value, (list, tuple)):
         return tuple(pair(v) for v in value)
     return value
+
+
+def pair2(value: Any) -> tuple[int, int]:
+    """A 2-D layer's size setting (kernel, pool, strides, dilation) as a pair: Keras accepts
+    and may store one int for both axes."""
+    value = pair(value)
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def pool_geometry(pool: Node) -> tuple[tuple[int, int], tuple[int, int]]:
+    """A 2-D pool's (size, strides) as pairs; Keras' default strides are the pool size."""
+    size = pair2(pool.config["pool_size"])
+    return size, pair2(pool.config.get("strides") or size)
 
 
 def kernel_bias(node: Node) -> tuple[np.ndarray, np.ndarray]:
@@ -56,3 +74,18 @@ def reads_only(g: Graph, node: Node, reader: Node) -> bool:
     condition for folding `node` into whatever replaces `reader`."""
     consumer = g.only_consumer(node.name)
     return consumer is not None and consumer.name == reader.name
+
+
+def per_pixel_chain(g: Graph, head: Node) -> list[Node]:
+    """The PER_PIXEL layers after `head`, each the only reader of the one before it (and BN
+    only over the last axis): what goes with a conv when its output pixels are subsampled (a
+    stride) or when the conv itself is dropped."""
+    chain: list[Node] = []
+    node = head
+    while True:
+        nxt = g.only_consumer(node.name)
+        if nxt is None or nxt.op not in PER_PIXEL or len(g.in_edges(nxt.name)) != 1 or (
+                nxt.op == "BatchNormalization" and not bn_axis_is_last(g, nxt)):
+            return chain
+        chain.append(nxt)
+        node = nxt

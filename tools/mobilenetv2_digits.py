@@ -3,10 +3,10 @@
 MobileNetV2(alpha=0.35, input_shape=(96, 96, 3), weights=None, classes=10) is trained on the
 digits splits upsampled to 96x96 (kopt.flows.data.digits_splits(size=96), the grey channel
 repeated to RGB) from a tf.data pipeline, compressed with kopt.optimize(model, data=...,
-validation=...) (the tf.data pipelines when kopt.optimize takes them, else the same arrays in
-memory; the log says which), exported to int8 .tflite, and measured: LiteRT (XNNPACK, batch 1,
-one thread) latency of int8 PTQ of the original against kopt's int8 file side by side, test
-accuracy of the float models and the int8 files, params, bytes, and the wall time of each phase.
+validation=...) from the same tf.data pipelines (--numpy: the arrays), exported to int8
+.tflite, and measured: LiteRT (XNNPACK, batch 1, one thread) latency of int8 PTQ of the
+original against kopt's int8 file side by side, test accuracy of the float models and the
+int8 files, params, bytes, and the wall time of each phase.
 
     python tools/mobilenetv2_digits.py --seed 0 --json mnv2.json
     python tools/mobilenetv2_digits.py --epochs 12 --retrain-epochs 2     # longer, better
@@ -45,7 +45,7 @@ def parse_args() -> argparse.Namespace:
                         "none given: no merging)")
     p.add_argument("--invokes", type=int, default=300, help="timed LiteRT invokes per model")
     p.add_argument("--numpy", action="store_true",
-                   help="give kopt.optimize arrays even where it takes tf.data")
+                   help="give kopt.optimize the arrays instead of the tf.data pipelines")
     p.add_argument("--json", metavar="PATH", help="write the measured numbers here")
     return p.parse_args()
 
@@ -94,24 +94,16 @@ def train(model: Any, train_ds: Any, x: np.ndarray, epochs: int, seed: int) -> A
 
 def optimize(model: Any, datasets: tuple[Any, Any], arrays: tuple[tuple, tuple],
              use_numpy: bool, **options: Any) -> tuple[Any, list[dict], str]:
-    """kopt.optimize with the tf.data pipelines, or with the arrays where it does not take them
-    (DataError / TypeError; kopt before tf.data support read a Dataset as arrays and failed with
-    IndexError at once). Returns the model, its steps and which data form was used."""
+    """kopt.optimize fed the tf.data pipelines (or, with --numpy, the same data as arrays).
+    Returns the model, its steps and which data form was used."""
     import kopt
 
-    if not use_numpy:
-        opt = kopt.Optimizer()
-        try:
-            small = opt.optimize(model, data=datasets[0], validation=datasets[1], **options)
-            log.info("kopt.optimize took the tf.data pipelines")
-            return small, opt.steps, "tf.data"
-        except (kopt.DataError, TypeError, IndexError) as e:
-            log.warning("kopt.optimize does not take a tf.data.Dataset here (%s: %s); "
-                        "giving it numpy arrays instead", type(e).__name__, e)
     opt = kopt.Optimizer()
-    small = opt.optimize(model, data=arrays[0], validation=arrays[1], **options)
-    log.info("kopt.optimize was given numpy arrays")
-    return small, opt.steps, "numpy"
+    if use_numpy:
+        small = opt.optimize(model, data=arrays[0], validation=arrays[1], **options)
+        return small, opt.steps, "numpy"
+    small = opt.optimize(model, data=datasets[0], validation=datasets[1], **options)
+    return small, opt.steps, "tf.data"
 
 
 def main() -> int:

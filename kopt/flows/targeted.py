@@ -20,10 +20,14 @@ from kopt.flows.compress import blocks
 from kopt.flows.distill import retrain
 from kopt.flows.prepare import prepare
 from kopt.flows.search import SearchResult, Target, latency_search
+from kopt.ir import Graph
 from kopt.keras_io import from_keras
 from kopt.rewriting import Rule
 from kopt.runtime.latency import LatencyModel
+from rewrites.conv_pool_to_stride import ConvPoolToStride
 from rewrites.merge_inception import MergeInception
+from rewrites.pool_branch_to_conv import PoolBranchToConv
+from rewrites.remove_layer import RemoveLayer
 from rewrites.svd_dense import SvdDense
 
 log = logging.getLogger(__name__)
@@ -42,12 +46,30 @@ def as_target(target: Any) -> Target:
 
 
 def structural_moves(model: Any, calibration: Any, seed: int = 0) -> list[tuple[str, Rule]]:
-    """The rule moves offered each iteration besides channel cuts: each inception / residual
-    block merged into one conv at half its output width, and Dense layers factored by SVD."""
+    """The rule moves offered each iteration besides channel cuts, for where the latency table
+    says width cuts buy nothing: each inception / residual block merged into one conv at half
+    its output width; Dense layers factored by SVD; and, one move per place in `model`, a conv
+    + pool turned into one strided conv, an inception pool branch ("same" average pool + 1x1
+    conv) turned into one conv, and a layer removed (depth pruning). Each rewrites only its
+    place (`only=`), so the search prices, ranks and measures every place on its own; a place
+    an earlier move took away is simply no move any more."""
+    g = from_keras(model)
     moves: list[tuple[str, Rule]] = [
         (f"merge {join}", MergeInception(calibration, width=0.5, only=join, seed=seed))
         for join in blocks(model)]
-    return moves + [("svd dense 0.9", SvdDense(energy=0.9))]
+    moves.append(("svd dense 0.9", SvdDense(energy=0.9)))
+    moves += [(f"stride for pool {pool}", ConvPoolToStride(only=pool))
+              for pool in places(g, ConvPoolToStride(), "pool")]
+    moves += [(f"pool branch {pool} as conv", PoolBranchToConv(only=pool))
+              for pool in places(g, PoolBranchToConv(), "pool")]
+    moves += [(f"remove {layer}", RemoveLayer(only=layer))
+              for layer in places(g, RemoveLayer(), "layer")]
+    return moves
+
+
+def places(g: Graph, rule: Rule, role: str) -> list[str]:
+    """The names bound to `role` in the matches of `rule` on `g` that it does not decline."""
+    return [getattr(m, role).name for m in rule.matches(g) if rule.reject(g, m) is None]
 
 
 def optimize_for_latency(model: Any, data: Any, target: Any, validation: Any = None,

@@ -30,8 +30,8 @@ _IGNORED_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
 def fused_group(g: Graph, head: Node) -> list[Node]:
     """`head` and the BN / ReLU chain after it that a runtime fuses into it."""
     chain = [head]
-    if kind(head.op) not in ("conv", "fc", "merge"):
-        return chain
+    if kind(head.op) not in ("conv", "fc", "merge", "bn"):  # a BN that no conv absorbed
+        return chain  # (pre-activation BN-ReLU, after a Concatenate) still takes its ReLU
     while len(chain) < 3:
         nxt = g.only_consumer(chain[-1].name)
         if nxt is None or kind(chain[-1].op) not in _FUSABLE.get(nxt.op, ()) \
