@@ -8,12 +8,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # keeps the peak of the biggest zoo model for the rest of the run. Same oneDNN kernels, same
 # numbers; only the allocator changes. Set before TensorFlow is imported (xdist workers inherit).
 os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
-# Each xdist worker stands for one core: with TensorFlow's default of one thread per core in
-# every worker, two workers run twice as many compute threads as there are cores, and oneDNN's
-# threads spin while they wait for each other. One compute thread per worker.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import ctypes  # noqa: E402
 import gc  # noqa: E402
