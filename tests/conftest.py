@@ -10,7 +10,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 
 import ctypes  # noqa: E402
-import gc  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -48,10 +47,11 @@ def free_models():
     """Drop Keras' global state and collect what the test built, before and after it."""
     import keras
 
-    keras.backend.clear_session()  # also gc.collect()
+    # one garbage collection per test, after it: a collection over a big model's heap takes up
+    # to a second, and the previous test's teardown has already collected before this one
+    keras.backend.clear_session(free_memory=False)
     yield
-    keras.backend.clear_session()
-    gc.collect()
+    keras.backend.clear_session()  # gc.collect() included
     _malloc_trim()
 
 
