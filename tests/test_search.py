@@ -96,6 +96,27 @@ def test_step_not_faster_when_measured_is_never_kept(tmp_path, fake_runtime):
     assert [s["kept"] for s in res.steps[1:]] and not any(s["kept"] for s in res.steps[1:])
 
 
+def test_next_shortlist_when_the_best_ranked_is_not_faster(tmp_path, fake_runtime):
+    """Measured slower than predicted, the best-ranked move is rejected and the next-ranked
+    one tried; with a single shortlist the iteration gives up instead."""
+    def run(shortlists):
+        calls = []
+
+        def measured(m):
+            calls.append(m)
+            return 10.0 if len(calls) == 2 else LatencyModel.predict(lm, m)  # 1st candidate
+
+        fake_runtime["measured"] = measured
+        return latency_search(model, Target(speedup=1.2), _score(model), latency=lm,
+                              max_drop=1.0, top_k=1, shortlists=shortlists)
+
+    model, lm = _model(), LatencyModel(cache_dir=tmp_path)
+    first = [s for s in run(3).steps if s["step"].startswith("1: ")]
+    assert [s["kept"] for s in first] == [False, True]
+    res = run(1)
+    assert not res.reached and "iteration 1" in res.message and len(res.steps) == 2
+
+
 def test_falls_back_to_fastest_within_drop(tmp_path, fake_runtime):
     model = _model()
     calls = []

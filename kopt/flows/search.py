@@ -104,7 +104,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                    short_epochs: int = 1, final_epochs: int = 5, max_iterations: int = 30,
                    criterion: str = "l1", min_gain: float = 0.01, min_channels: int = 4,
                    rules: list[tuple[str, Rule]] | None = None, measure_runs: int = 200,
-                   progress: bool = False) -> SearchResult:
+                   progress: bool = False, shortlists: int = 3) -> SearchResult:
     """Search for the most accurate model meeting `target` (see the module docstring).
 
     score(model) -> validation score (higher is better; max_drop is in its units);
@@ -114,7 +114,9 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     and measure with (default: this machine's; it must time target.runtime and threads);
     step: the predicted cut asked of each iteration, as a share of the original's predicted
     latency; criterion: how channels are chosen ("l1", "bn_gamma", or "entropy" with
-    calibration); rules: extra (name, approximate rule) moves offered every iteration."""
+    calibration); rules: extra (name, approximate rule) moves offered every iteration;
+    shortlists: how many shortlists of top_k moves, in rank order, an iteration may fine-tune
+    and measure before it gives up."""
     lm = latency or LatencyModel(target.runtime, target.threads)
     if (lm.runtime, lm.threads) != (target.runtime, target.threads):
         raise SearchTargetError(f"the latency model times {lm.runtime} with {lm.threads} "
@@ -144,14 +146,20 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
             break
         _rank(moves, current, calibration)
         accepted = None
-        for cand in _shortlist(moves, top_k, current, finetune, short_epochs, score):
-            cand.measured_ms = lm.measure(cand.model, runs=measure_runs)
-            ok = cand.measured_ms < measured * (1 - min_gain)
-            steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
-                              cand.measured_ms, cand.score, ok, cand.error))
-            _say(_line(steps[-1]), progress)
-            if ok:
-                accepted = cand
+        # the next-ranked moves get their turn when none of a shortlist measures faster: the
+        # prediction ranks them, but only the runtime decides
+        for start in range(0, min(len(moves), top_k * shortlists), max(1, top_k)):
+            for cand in _shortlist(moves[start:], top_k, current, finetune, short_epochs,
+                                   score):
+                cand.measured_ms = lm.measure(cand.model, runs=measure_runs)
+                ok = cand.measured_ms < measured * (1 - min_gain)
+                steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
+                                  cand.measured_ms, cand.score, ok, cand.error))
+                _say(_line(steps[-1]), progress)
+                if ok:
+                    accepted = cand
+                    break
+            if accepted is not None:
                 break
         if accepted is None:
             stop = (f"no candidate of iteration {it} lowered the measured latency by "
