@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None,
                    help="latency tables (default: $KOPT_CACHE_DIR/latency or ~/.cache/kopt)")
     p.add_argument("--bundle", metavar="DIR", help="write the group files for a device (a "
-                   "folder, or a .zip) with tools/time_bundle.py, instead of predicting")
+                   "folder, or a .zip) with kopt/runtime/time_bundle.py, instead of predicting")
     p.add_argument("--device-json", metavar="F", help="predict from times a device wrote")
     p.add_argument("--measure", action="store_true", help="also run the whole model")
     p.add_argument("--top", type=int, default=None, help="show only the N slowest groups")

@@ -1,8 +1,8 @@
 """The latency model (kopt.runtime.latency): on-disk tables that never re-time an entry, keyed by
 runtime and threads; predictions that add the fused groups' times; device bundles timed by the
-standalone tools/time_bundle.py and read back; channel-count steps. No assertion here is about
-speed: timings are faked where only bookkeeping is tested, and real ones are only checked to be
-positive (figures belong to tools/bench_latency_model.py)."""
+standalone kopt/runtime/time_bundle.py and read back; channel-count steps. No assertion here is
+about speed: timings are faked where only bookkeeping is tested, and real ones are only checked
+to be positive (figures belong to tools/bench_latency_model.py)."""
 
 import ast
 import importlib.util
@@ -26,7 +26,7 @@ from kopt.runtime.latency import LatencyModel  # noqa: E402
 from kopt.runtime.latency_table import CACHE_ENV, cpu_model, litert_version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tools" / "time_bundle.py"
+SCRIPT = ROOT / "kopt" / "runtime" / "time_bundle.py"
 L = keras.layers
 OVERHEAD = 0.01  # the fake timer's per-call cost (ms)
 
@@ -138,7 +138,8 @@ def test_fused_groups_cover_every_op_once():
 
 # ---- device bundles ------------------------------------------------------------------------
 def _run_isolated(args, cwd):
-    """Run tools/time_bundle.py as a device would: kopt, TensorFlow and Keras not importable."""
+    """Run kopt/runtime/time_bundle.py as a device would: kopt, TensorFlow and Keras not
+    importable."""
     blocker = ("import sys, runpy\n"
                "class Block:\n"
                "    def find_spec(self, name, path=None, target=None):\n"

@@ -3,10 +3,10 @@
 A Raspberry Pi or a phone's Python has ai-edge-litert and numpy but no TensorFlow, so the host
 converts every fused group a latency table needs (and, to check predictions, the whole models)
 and writes them with a manifest: the group keys the host will look up, the runtime and thread
-count asked for, and what each file is. tools/time_bundle.py, which imports nothing from kopt,
-times each file on the device and writes the JSON that `LatencyModel.from_device_json` reads.
-The script is copied into the bundle when kopt runs from a source checkout, so the bundle is
-all the device needs.
+count asked for, and what each file is. kopt/runtime/time_bundle.py, which imports nothing
+from kopt, times each file on the device and writes the JSON that
+`LatencyModel.from_device_json` reads. The script is installed with kopt and copied into every
+bundle, so the bundle is all the device needs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "kopt-latency-bundle/1"
-SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "time_bundle.py"
+SCRIPT = Path(__file__).with_name("time_bundle.py")  # installed with kopt, not in tools/
 
 
 def write_bundle(path: str | os.PathLike, meta: dict, overhead: bytes,
@@ -39,8 +39,7 @@ def write_bundle(path: str | os.PathLike, meta: dict, overhead: bytes,
         files[name] = flat
         manifest["models"].append({"file": name, "name": model_name})
     files[MANIFEST] = json.dumps(manifest, indent=1).encode()
-    if SCRIPT.exists():
-        files[SCRIPT.name] = SCRIPT.read_bytes()
+    files[SCRIPT.name] = SCRIPT.read_bytes()
     path = Path(path)
     if path.suffix == ".zip":
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ runtime itself, never estimated from MACs (latency is a step function of the cha
 with steps that depend on the CPU), and kept in a table on disk keyed by runtime, runtime
 version, CPU model and threads (kopt.runtime.latency_table), so a search that asks for a
 thousand candidate models times each distinct group once. Where the host is not the target,
-`write_bundle` + tools/time_bundle.py on the device + `from_device_json` give the table there.
+`write_bundle` + kopt/runtime/time_bundle.py on the device + `from_device_json` give the table
+there.
 
 What the sum misses: cache effects between ops (a tensor the previous op left in cache), the
 int8 requantisation a Concatenate of differently-scaled inputs adds in the whole model, and ops
@@ -79,7 +80,7 @@ class LatencyModel:
     @classmethod
     def from_device_json(cls, path: str | os.PathLike, runs: int | None = None
                          ) -> LatencyModel:
-        """The latency model of a device, from the JSON tools/time_bundle.py wrote there. It
+        """The latency model of a device, from the JSON kopt/runtime/time_bundle.py wrote there. It
         predicts from that table only: a group the device did not time raises
         LatencyTableError, and `measure` (which would run here, not there) is refused."""
         table = LatencyTable.from_device_json(path)
@@ -139,7 +140,7 @@ class LatencyModel:
             raise LatencyTableError(
                 f"the device table ({self.table.meta.get('cpu')}) has no time for {what}: "
                 "write a bundle for this model (LatencyModel.write_bundle) and time it on the "
-                "device with tools/time_bundle.py")
+                "device with kopt/runtime/time_bundle.py")
 
     # ---- predictions and measurements --------------------------------------------------
     def predict(self, model_or_graph: Any, progress: bool = False) -> float:

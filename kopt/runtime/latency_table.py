@@ -7,8 +7,8 @@ only times that are comparable: the file name carries the runtime ("litert-int8"
 the ai-edge-litert version, the CPU model and the thread count. Entries are group times with
 the runtime's per-call overhead already subtracted (the overhead is stored once, per table).
 
-A table can also come from the target device: tools/time_bundle.py times a bundle of group
-files there and writes a JSON (DEVICE_FORMAT) that `from_device_json` turns into a table with
+A table can also come from the target device: kopt/runtime/time_bundle.py times a bundle of
+group files there and writes a JSON (DEVICE_FORMAT) that `from_device_json` turns into a table with
 the same keys. Such a table cannot grow on the host: what it lacks raises LatencyTableError.
 """
 
@@ -16,42 +16,20 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import tempfile
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 from kopt.errors import LatencyTableError
+from kopt.runtime.time_bundle import (  # the device's script keys its tables the same way
+    DEVICE_FORMAT,
+    cpu_model,
+    litert_version,
+)
 
 FORMAT = "kopt-latency-table/1"
-DEVICE_FORMAT = "kopt-latency-device/1"  # what tools/time_bundle.py writes
 CACHE_ENV = "KOPT_CACHE_DIR"  # kopt's cache root; latency tables go in its "latency" folder
-
-
-def litert_version() -> str:
-    """The installed ai-edge-litert version: a new runtime may run ops at another speed."""
-    try:
-        return metadata.version("ai-edge-litert")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def cpu_model() -> str:
-    """The CPU's name: /proc/cpuinfo's 'model name' (x86, most ARM servers), else its 'Model'
-    or 'Hardware' line (Raspberry Pi), else what platform knows. tools/time_bundle.py reads it
-    the same way (a test checks that the two agree)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        info = ""
-    for field_name in ("model name", "Model", "Hardware"):
-        m = re.search(rf"^{field_name}\s*:\s*(.+)$", info, re.MULTILINE)
-        if m:
-            return m.group(1).strip()
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def default_cache_dir() -> Path:
@@ -100,7 +78,7 @@ class LatencyTable:
 
     @classmethod
     def from_device_json(cls, path: str | os.PathLike) -> LatencyTable:
-        """The table tools/time_bundle.py wrote on a device: its raw medians less its own
+        """The table kopt/runtime/time_bundle.py wrote on a device: its raw medians less its own
         per-call overhead, so its entries mean what a host table's entries mean."""
         data = _read(Path(path), DEVICE_FORMAT)
         overhead = float(data["overhead_ms"])

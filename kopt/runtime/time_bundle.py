@@ -10,9 +10,10 @@ and writes the median ms of each, keyed as the manifest says, with this device's
 LiteRT version and thread count; LatencyModel.from_device_json reads it on the host.
 
 It imports only ai_edge_litert, numpy and the standard library, because the device has no
-TensorFlow and no kopt: so the few lines it shares in spirit with kopt (the median timer of
-kopt.runtime.clock, the CPU name of kopt.runtime.latency_table) are written out here, and a
-kopt test checks that the CPU names agree.
+TensorFlow and no kopt. So this file is where kopt keeps the pieces both sides must share: the
+median timer (kopt.runtime.clock imports it from here) and the CPU name and LiteRT version that
+key the latency tables (kopt.runtime.latency_table imports them), and the host and the device
+measure with the same code.
 """
 
 from __future__ import annotations
