@@ -91,7 +91,7 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
                    max_metric_drop=max_metric_drop, batch_size=batch_size,
                    steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
                    recalibrate_bn=recalibrate_bn)
-    original, val, metric, calibration = prep.original, prep.val, prep.metric, prep.calibration
+    original, metric, calibration = prep.original, prep.metric, prep.calibration
     probes = {k: validation_batches(v, batch_size, None, original, f"probe '{k}'")
               for k, v in (probes or {}).items()}
 
