@@ -46,6 +46,19 @@ def kernel_bias(node: Node) -> tuple[np.ndarray, np.ndarray]:
     return kernel, bias
 
 
+def average_pool_into_conv(g: Graph, conv: Node, size: tuple[int, int], **geometry: Any) -> Node:
+    """The 1x1 `conv` read after a size[0] x size[1] average pool, as one conv of that size:
+    the 1x1 kernel / (k_h k_w) at every tap, the same bias; `geometry` gives the new conv's
+    strides and padding (pool_to_conv: the pool's, "valid"; pool_branch_to_conv: 1, "same")."""
+    kernel, bias = kernel_bias(conv)
+    weights = {"kernel": np.broadcast_to(kernel / (size[0] * size[1]),
+                                         size + kernel.shape[2:]).copy()}
+    if conv.config.get("use_bias", True):
+        weights["bias"] = bias
+    return derive(g, conv, f"{conv.name}_pooled", weights, conv.output_shape, kernel_size=size,
+                  dilation_rate=(1, 1), **geometry)
+
+
 def centre_pad(kernel: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Zero-pad a (kh, kw, in, out) kernel to `size` around its centre (odd sizes only): with
     stride 1 and "same" padding the padded kernel computes the same correlation."""

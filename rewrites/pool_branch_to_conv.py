@@ -40,7 +40,7 @@ import numpy as np
 from kopt.ir import Graph
 from kopt.ir.ops import channels_last
 from kopt.rewriting import Match, Rule, register
-from rewrites._conv import derive, kernel_bias, pair2, pool_geometry
+from rewrites._conv import average_pool_into_conv, pair2, pool_geometry
 
 POOL = "AveragePooling2D"
 
@@ -103,12 +103,6 @@ class PoolBranchToConv(Rule):
 
     def apply(self, g: Graph, m: Match) -> None:
         size, _ = pool_geometry(m.pool)
-        kernel, bias = kernel_bias(m.conv)
-        weights = {"kernel": np.broadcast_to(kernel / (size[0] * size[1]),
-                                             size + kernel.shape[2:]).copy()}
-        if m.conv.config.get("use_bias", True):
-            weights["bias"] = bias
-        new = derive(g, m.conv, f"{m.conv.name}_pooled", weights, m.conv.output_shape,
-                     kernel_size=size, strides=(1, 1), padding="same", dilation_rate=(1, 1))
+        new = average_pool_into_conv(g, m.conv, size, strides=(1, 1), padding="same")
         src, port, _ = g.in_edges(m.pool.name)[0]
         g.replace([m.pool.name, m.conv.name], new, [(src, port)], output_of=m.conv.name)

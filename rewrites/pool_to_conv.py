@@ -28,21 +28,14 @@ import numpy as np
 from kopt.ir import Graph, Node
 from kopt.ir.ops import channels_last
 from kopt.rewriting import Match, Rule, register
-from rewrites._conv import derive, kernel_bias, pair
+from rewrites._conv import average_pool_into_conv, pair, pool_geometry
 
 POOL = "AveragePooling2D"
 
 
-def _geometry(pool: Node) -> tuple[tuple[int, int], tuple[int, int]]:
-    size = pair(pool.config["pool_size"])
-    size = (size, size) if isinstance(size, int) else size
-    strides = pair(pool.config.get("strides")) or size
-    return size, (strides, strides) if isinstance(strides, int) else strides
-
-
 def _fold_macs(g: Graph, pool: Node, conv: Node) -> tuple[int, int]:
     """(pool-as-depthwise + 1x1, merged k_h x k_w conv) MACs at the model's input shape."""
-    size, _ = _geometry(pool)
+    size, _ = pool_geometry(pool)
     pixels = math.prod(d for d in pool.output_shape[1:-1] if d is not None)
     k, c, o = size[0] * size[1], g.input_shapes(pool.name)[0][-1], conv.config["filters"]
     return pixels * (k * c + c * o), pixels * k * c * o
@@ -85,19 +78,13 @@ class PoolToConv(Rule):
         return None
 
     def apply(self, g: Graph, m: Match) -> None:
-        size, strides = _geometry(m.pool)
+        size, strides = pool_geometry(m.pool)
         src, port, _ = g.in_edges(m.pool.name)[0]
         if m.conv is None:
             new = _depthwise(g, m.pool, size, strides)
             g.replace([m.pool.name], new, [(src, port)], output_of=m.pool.name)
             return
-        kernel, bias = kernel_bias(m.conv)
-        weights = {"kernel": np.broadcast_to(kernel / (size[0] * size[1]),
-                                             size + kernel.shape[2:]).copy()}
-        if m.conv.config.get("use_bias", True):
-            weights["bias"] = bias
-        new = derive(g, m.conv, f"{m.conv.name}_pooled", weights, m.conv.output_shape,
-                     kernel_size=size, strides=strides, padding="valid", dilation_rate=(1, 1))
+        new = average_pool_into_conv(g, m.conv, size, strides=strides, padding="valid")
         g.replace([m.pool.name, m.conv.name], new, [(src, port)], output_of=m.conv.name)
 
 
