@@ -58,3 +58,13 @@ def free_models():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def small_digits():
+    """Quick data for the data-flow tests: the first 1024 training digits at 12x12, and the
+    test split, as (x, y, x_test, y_test)."""
+    from kopt.flows.data import load_digits
+
+    x, y, xt, yt = load_digits(size=12, seed=0)
+    return x[:1024], y[:1024], xt, yt

@@ -19,14 +19,8 @@ FAST = dict(merge_width=(), prune_ratio=0.5, svd_energy=(), epochs=1)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    x, y, xt, yt = kopt.load_digits(size=12, seed=0)
-    return x[:1024], y[:1024], xt, yt
-
-
-@pytest.fixture(scope="module")
-def model(digits):
-    x, y, _, _ = digits
+def model(small_digits):
+    x, y, _, _ = small_digits
     keras.utils.set_random_seed(0)
     inp = keras.Input((12, 12, 1), name="image")
     h = L.Conv2D(16, 3, padding="same", activation="relu")(inp)
@@ -62,8 +56,8 @@ def _endless(x, y, batch=64, pulled=None):
 
 
 # ---- reading the forms -------------------------------------------------------------------------
-def test_every_form_reads_as_the_same_batches(digits, model):
-    x, y, _, _ = digits
+def test_every_form_reads_as_the_same_batches(small_digits, model):
+    x, y, _, _ = small_digits
     x, y = x[:200], y[:200]
     sw = np.ones(len(x), np.float32)
     forms = {
@@ -94,8 +88,8 @@ def test_every_form_reads_as_the_same_batches(digits, model):
     assert [len(b[0]) for b in once] == [64, 64] and [len(b[0]) for b in once] == [64, 8]
 
 
-def test_streams_are_read_lazily_and_bounded(digits):
-    x, y, _, _ = digits
+def test_streams_are_read_lazily_and_bounded(small_digits):
+    x, y, _, _ = small_digits
     pulled = []
     batches = as_batches(_endless(x, y, pulled=pulled))  # endless: a bounded sample
     assert sum(len(b) for b in batches) == 1024 and len(pulled) == 16
@@ -110,9 +104,9 @@ def test_streams_are_read_lazily_and_bounded(digits):
 
 
 # ---- optimize with each form -------------------------------------------------------------------
-def test_optimize_with_tf_data_and_validation(digits, model):
+def test_optimize_with_tf_data_and_validation(small_digits, model):
     """The issue: a batched (x, y) dataset with a dataset for validation crashed."""
-    x, y, xt, yt = digits
+    x, y, xt, yt = small_digits
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(1024, seed=0).batch(64)
     vs = tf.data.Dataset.from_tensor_slices((xt, yt)).batch(64)
     opt = kopt.Optimizer()
@@ -123,8 +117,8 @@ def test_optimize_with_tf_data_and_validation(digits, model):
     assert small.count_params() <= model.count_params()
 
 
-def test_optimize_with_pydataset_and_endless_generators(digits, model):
-    x, y, xt, yt = digits
+def test_optimize_with_pydataset_and_endless_generators(small_digits, model):
+    x, y, xt, yt = small_digits
     opt = kopt.Optimizer()
     opt.optimize(model, data=Digits(x, y), validation=(xt, yt), max_accuracy_drop=1.0, **FAST)
     assert opt.steps[1]["kept"]
@@ -138,8 +132,8 @@ def test_optimize_with_pydataset_and_endless_generators(digits, model):
     assert opt.steps[1]["kept"]
 
 
-def test_multi_input_dicts_reach_the_rules_as_dicts(digits):
-    x, y, xt, yt = digits
+def test_multi_input_dicts_reach_the_rules_as_dicts(small_digits):
+    x, y, xt, yt = small_digits
     keras.utils.set_random_seed(0)
     a, b = keras.Input((12, 12, 1), name="a"), keras.Input((4,), name="b")
     h = L.Flatten()(L.Conv2D(16, 3, padding="same", activation="relu")(a))
@@ -165,26 +159,26 @@ def _fails(model, data, match, **kwargs):
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
-def test_empty_dataset(digits, model):
-    x, y, _, _ = digits
+def test_empty_dataset(small_digits, model):
+    x, y, _, _ = small_digits
     _fails(model, tf.data.Dataset.from_tensor_slices((x[:0], y[:0])).batch(64), "empty")
     _fails(model, (x[:0], y[:0]), "empty")
 
 
-def test_input_shape_or_dtype_not_matching(digits, model):
-    x, y, _, _ = digits
+def test_input_shape_or_dtype_not_matching(small_digits, model):
+    x, y, _, _ = small_digits
     _fails(model, (x[:, :10, :10], y), r"shape \(1024, 10, 10, 1\).*\(None, 12, 12, 1\)")
     as_text = tf.data.Dataset.from_tensor_slices((x.astype(str), y)).batch(64)
     _fails(model, as_text, "dtype")
 
 
-def test_labels_out_of_range(digits, model):
-    x, y, _, _ = digits
+def test_labels_out_of_range(small_digits, model):
+    x, y, _, _ = small_digits
     _fails(model, (x, y + 5), r"labels out of range.*14.*10 classes")
 
 
-def test_nan_or_inf(digits, model):
-    x, y, _, _ = digits
+def test_nan_or_inf(small_digits, model):
+    x, y, _, _ = small_digits
     bad = x.copy()
     bad[3, 0, 0, 0] = np.nan
     _fails(model, (bad, y), "NaN or inf in the inputs")
@@ -195,25 +189,25 @@ def test_nan_or_inf(digits, model):
     _fails(model, stream, "NaN or inf", validation=(x[:200], y[:200]), steps_per_epoch=16)
 
 
-def test_dict_keys_not_matching_inputs(digits, model):
-    x, y, _, _ = digits
+def test_dict_keys_not_matching_inputs(small_digits, model):
+    x, y, _, _ = small_digits
     _fails(model, tf.data.Dataset.from_tensor_slices(({"pixels": x}, y)).batch(64),
            r"keys \['pixels'\] do not match the model's inputs \['image'\]")
 
 
-def test_validation_smaller_than_a_batch(digits, model):
-    x, y, xt, yt = digits
+def test_validation_smaller_than_a_batch(small_digits, model):
+    x, y, xt, yt = small_digits
     _fails(model, (x, y), "fewer than one batch", validation=(xt[:10], yt[:10]))
     small = tf.data.Dataset.from_tensor_slices((xt[:10], yt[:10])).batch(64)
     _fails(model, (x, y), "fewer than one batch", validation=small)
 
 
-def test_teacher_outputs_of_a_stream_are_computed_once_per_sample(digits, model):
+def test_teacher_outputs_of_a_stream_are_computed_once_per_sample(small_digits, model):
     """A finite stream read again gives its samples back, in another order and batching."""
     from kopt.flows.distill import TeacherCache
     from kopt.flows.tasks import batch_outputs
 
-    x = digits[0][:96]
+    x = small_digits[0][:96]
     cache = TeacherCache()
     first = cache.outputs(model, x[:64])
     np.testing.assert_allclose(first[0], batch_outputs(model, x[:64])[0], rtol=1e-6)

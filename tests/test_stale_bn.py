@@ -18,15 +18,9 @@ FAST = dict(merge_width=(), prune_ratio=0.5, svd_energy=(), epochs=1)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    x, y, xt, yt = kopt.load_digits(size=12, seed=0)
-    return x[:1024], y[:1024], xt, yt
-
-
-@pytest.fixture(scope="module")
-def stale(digits):
+def stale(small_digits):
     """48 Adam steps: the weights move, BN's moving averages (momentum 0.99) stay near 0 / 1."""
-    x, y, _, _ = digits
+    x, y, _, _ = small_digits
     keras.utils.set_random_seed(0)
     inp = keras.Input((12, 12, 1))
     h = L.ReLU()(L.BatchNormalization()(L.Conv2D(16, 3, padding="same", use_bias=False)(inp)))
@@ -48,8 +42,8 @@ def _acc(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
 
 
-def test_the_model_is_stale_and_the_measure_says_so(digits, stale):
-    x, y, _, _ = digits
+def test_the_model_is_stale_and_the_measure_says_so(small_digits, stale):
+    x, y, _, _ = small_digits
     inference = float(np.mean(np.argmax(stale(x[:256], training=False), -1) == y[:256]))
     drift = bn_drift(stale, x[:256], y[:256])
     assert drift["accuracy"] == pytest.approx(inference)
@@ -58,15 +52,15 @@ def test_the_model_is_stale_and_the_measure_says_so(digits, stale):
     assert bn_drift(keras.Sequential([keras.Input((3,)), L.Dense(2)]), x[:4, 0, :3, 0]) is None
 
 
-def test_compress_warns_before_compressing(digits, stale):
-    x, y, xt, yt = digits
+def test_compress_warns_before_compressing(small_digits, stale):
+    x, y, xt, yt = small_digits
     with pytest.warns(kopt.StaleBatchNormWarning, match=r"stale.*accuracy \d+\.\d% in "
                       r"inference mode.*kopt\.recalibrate_bn\(model, data\)"):
         kopt.optimize(stale, data=(x, y), validation=(xt, yt), max_accuracy_drop=1.0, **FAST)
 
 
-def test_recalibrate_bn_changes_the_model_in_place_from_any_form(digits, stale):
-    x, y, xt, yt = digits
+def test_recalibrate_bn_changes_the_model_in_place_from_any_form(small_digits, stale):
+    x, y, xt, yt = small_digits
     before = _acc(stale, xt, yt)
     forms = {"numpy": x, "(x, y)": (x, y),
              "tf.data": tf.data.Dataset.from_tensor_slices((x, y)).shuffle(1024, seed=0).batch(64),
@@ -85,8 +79,8 @@ def test_recalibrate_bn_changes_the_model_in_place_from_any_form(digits, stale):
         kopt.optimize(healthy, data=(x, y), validation=(xt, yt), max_accuracy_drop=1.0, **FAST)
 
 
-def test_optimize_recalibrates_a_copy_when_asked(digits, stale):
-    x, y, xt, yt = digits
+def test_optimize_recalibrates_a_copy_when_asked(small_digits, stale):
+    x, y, xt, yt = small_digits
     weights = [w.copy() for w in stale.get_weights()]
     opt = kopt.Optimizer()
     with warnings.catch_warnings():

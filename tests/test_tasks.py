@@ -16,21 +16,15 @@ L = keras.layers
 FAST = dict(merge_width=(), prune_ratio=0.5, svd_energy=(), epochs=1)
 
 
-@pytest.fixture(scope="module")
-def digits():
-    x, y, xt, yt = kopt.load_digits(size=12, seed=0)
-    return x[:1024], y[:1024], xt, yt
-
-
 def _trunk(inp):
     h = L.Conv2D(16, 3, padding="same", activation="relu")(inp)
     return L.Flatten()(L.MaxPooling2D(2)(h))
 
 
 @pytest.fixture(scope="module")
-def regression(digits):
+def regression(small_digits):
     """The issue's model: Conv -> Flatten -> Dense(1), float targets."""
-    x, y, _, _ = digits
+    x, y, _, _ = small_digits
     keras.utils.set_random_seed(0)
     inp = keras.Input((12, 12, 1))
     m = keras.Model(inp, L.Dense(1)(_trunk(inp)))
@@ -40,9 +34,9 @@ def regression(digits):
 
 
 @pytest.fixture(scope="module")
-def two_heads(digits):
+def two_heads(small_digits):
     """A class head and a box head (4 regression values)."""
-    x, y, _, _ = digits
+    x, y, _, _ = small_digits
     keras.utils.set_random_seed(0)
     inp = keras.Input((12, 12, 1))
     h = L.Dense(32, activation="relu")(_trunk(inp))
@@ -90,9 +84,9 @@ def test_resolve_metric_modes_and_tolerances(two_heads, regression):
         resolve_metric("accuracy", None, None, 0.01, hr)
 
 
-def test_regression_with_float_targets(digits, regression, caplog):
+def test_regression_with_float_targets(small_digits, regression, caplog):
     """The issue: IndexError from one-hot encoding float targets for a Dense(1) output."""
-    x, y, _, _ = digits
+    x, y, _, _ = small_digits
     opt = kopt.Optimizer()
     with caplog.at_level(logging.INFO, logger="kopt.flows"):
         small = opt.optimize(regression, data=(x, y / 3.0), max_metric_drop=1.0, **FAST)
@@ -103,8 +97,8 @@ def test_regression_with_float_targets(digits, regression, caplog):
     assert small.count_params() < regression.count_params()
 
 
-def test_distillation_loss_matches_the_output(digits, regression, two_heads):
-    x, y, _, _ = digits
+def test_distillation_loss_matches_the_output(small_digits, regression, two_heads):
+    x, y, _, _ = small_digits
     student = keras.models.clone_model(regression)
     kopt.retrain(student, regression, data=(x[:256], y[:256] / 3.0), epochs=1)
     assert student.loss.parts == [("values", 1), ("teacher", 1)] and not student.loss.classes
@@ -117,8 +111,8 @@ def test_distillation_loss_matches_the_output(digits, regression, two_heads):
     assert float(loss(np.array([[1.0, 2.0]]), np.array([[1.0, 4.0]]))) == pytest.approx(2.0)
 
 
-def test_named_keras_metric_and_callable(digits, regression):
-    x, y, _, _ = digits
+def test_named_keras_metric_and_callable(small_digits, regression):
+    x, y, _, _ = small_digits
     opt = kopt.Optimizer()
     opt.optimize(regression, data=(x, y / 3.0), metric="mae", max_metric_drop=10.0, **FAST)
     assert opt.steps[0]["metric"] == "mean_absolute_error" and opt.steps[1]["kept"]
@@ -134,8 +128,8 @@ def test_named_keras_metric_and_callable(digits, regression):
         kopt.optimize(regression, data=(x, y / 3.0), metric="mae", **FAST)
 
 
-def test_multi_output_class_and_box_heads(digits, two_heads):
-    x, y, xt, yt = digits
+def test_multi_output_class_and_box_heads(small_digits, two_heads):
+    x, y, xt, yt = small_digits
     opt = kopt.Optimizer()
     small = opt.optimize(two_heads, data=(x, {"cls": y, "box": _boxes(x)}),
                          validation=(xt, [yt, _boxes(xt)]), max_accuracy_drop=0.5, **FAST)
