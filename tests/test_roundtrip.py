@@ -109,6 +109,10 @@ def test_subclassed_model_gives_clear_error():
     net(np.zeros((1, 3), "float32"))
     with pytest.raises(kopt.KoptError, match="subclassed.*functional API"):
         kopt.from_keras(net)
+    data = (np.zeros((64, 3), "float32"), np.zeros((64, 2), "float32"))
+    for target in (None, 2):  # the data flows check the model before reading data for it
+        with pytest.raises(kopt.KoptError, match="subclassed.*functional API"):
+            kopt.optimize(net, data=data, target=target)
 
 
 def test_files_are_loaded_safely_and_bad_paths_fail_clearly(tmp_path):

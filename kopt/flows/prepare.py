@@ -21,6 +21,7 @@ from kopt.errors import DataError, StaleBatchNormWarning
 from kopt.flows.distill import TeacherCache, bn_drift, recalibrate_bn as _recalibrate
 from kopt.flows.tasks import Metric, heads, labels_per_output, resolve_metric
 from kopt.keras_io import from_keras, to_keras
+from kopt.keras_io.frontend import check_model
 from kopt.keras_io.batches import Batches, sample_count, take_rows
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ def prepare(model: Any, data: Any, validation: Any = None, max_accuracy_drop: fl
     """Read `data` and `validation` (any form kopt.keras_io.batches.Batches takes), resolve
     the metric (kopt.flows.tasks.resolve_metric), hold out validation when none is given,
     check (or with recalibrate_bn re-estimate) BatchNormalization statistics. Raises
-    DataError on data that does not fit the model."""
+    DataError on data that does not fit the model, UnsupportedModelError on a model kopt
+    cannot lift (checked first: reading data needs the model's inputs)."""
+    check_model(model)
     train = Batches(data, batch_size, steps_per_epoch, model, "data")
     given = labels_per_output(model, train.arrays[1] if train.arrays is not None else
                               train.peek(1)[0][1])

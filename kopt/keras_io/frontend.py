@@ -42,6 +42,12 @@ def from_keras(model: Any) -> Graph:
     return g
 
 
+def check_model(model: Any) -> None:
+    """Raise UnsupportedModelError, saying what to do, unless kopt can lift `model`: a
+    functional or built Sequential Keras 3 / tf_keras model (not a subclassed one)."""
+    _functional_of(model, _api_of(model))
+
+
 def _api_of(model: Any) -> str:
     import keras
 
