@@ -175,6 +175,10 @@ def test_input_shape_or_dtype_not_matching(small_digits, model):
 def test_labels_out_of_range(small_digits, model):
     x, y, _, _ = small_digits
     _fails(model, (x, y + 5), r"labels out of range.*14.*10 classes")
+    later = y.copy()
+    later[700] = 12  # met only while distilling from a tf.data pipeline: still a DataError
+    ds = tf.data.Dataset.from_tensor_slices((x, later)).batch(64)
+    _fails(model, ds, "labels out of range.*10 classes", validation=(x[:200], y[:200]))
 
 
 def test_nan_or_inf(small_digits, model):
@@ -187,6 +191,8 @@ def test_nan_or_inf(small_digits, model):
     stream = lambda: ((later[i:i + 64], y[i:i + 64]) for i in range(0, 1024, 64))  # noqa: E731
     _fails(model, stream, "NaN or inf", validation=(x[:200], y[:200]))  # counting its length
     _fails(model, stream, "NaN or inf", validation=(x[:200], y[:200]), steps_per_epoch=16)
+    ds = tf.data.Dataset.from_tensor_slices((later, y)).batch(64)  # checked inside tf.data
+    _fails(model, ds, "NaN or inf in the inputs", validation=(x[:200], y[:200]))
 
 
 def test_dict_keys_not_matching_inputs(small_digits, model):

@@ -5,7 +5,9 @@ Distillation (Hinton et al. 2015) trains the student on the teacher's softened d
 Data in memory (arrays, dicts of arrays): the teacher is run once over it before training (its
 outputs ride along as targets), which is the cheap way when the teacher is the big model. A
 stream (tf.data, PyDataset, generator) cannot be stored, so the teacher runs on each batch as it
-is read, in a tf.data pipeline that prefetches ahead of training. Either way no custom train step
+is read, in a tf.data pipeline that prefetches ahead of training: a tf.data.Dataset is mapped
+in-graph (labels to targets, the teacher, the checks), other streams pass through a Python
+generator. Either way no custom train step
 is needed and the student compiles in whatever tf.distribute scope the caller opened. Models
 ending in softmax are handled by taking log-probabilities as logits
 (softmax(log p / T) == softmax(z / T)). Outputs that are not class scores (regression values,
@@ -33,9 +35,10 @@ from kopt.flows.tasks import (
     class_targets,
     heads,
     labels_per_output,
+    split_labels,
 )
 from kopt.keras_io import from_keras, to_keras
-from kopt.keras_io.batches import Batches, sample_count, take_rows
+from kopt.keras_io.batches import Batches, sample_count, take_rows, unpack
 from kopt.keras_io.probes import predict_outputs
 
 log = logging.getLogger(__name__)
@@ -134,10 +137,14 @@ def _retrain_stream(student: Any, teacher: Any, src: Batches, epochs: int,
         x = tuple(x) if isinstance(x, list) else x
         return (x, t) if sw is None else (x, t, sw)
 
-    spec = tf.nest.map_structure(lambda a: tf.TensorSpec((None,) + a.shape[1:], a.dtype),
-                                 batch(*first))
-
     def dataset(part: Batches) -> Any:
+        if part.dataset() is not None:  # tf.data: the per-batch work stays inside tf.data
+            return part.dataset().map(_graph_targets(student, teacher, hs, part.what),
+                                      num_parallel_calls=tf.data.AUTOTUNE
+                                      ).repeat().prefetch(tf.data.AUTOTUNE)
+        spec = tf.nest.map_structure(lambda a: tf.TensorSpec((None,) + a.shape[1:], a.dtype),
+                                     batch(*first))
+
         def endless() -> Any:  # Keras reads `steps` batches per epoch from one long iterator
             try:
                 while True:
@@ -160,12 +167,75 @@ def _retrain_stream(student: Any, teacher: Any, src: Batches, epochs: int,
                               validation_data=dataset(val) if held else None,
                               validation_steps=held or None, callbacks=[stop],
                               verbose=verbose, shuffle=False)  # a stream comes shuffled or not
+    except tf.errors.InvalidArgumentError as err:
+        if _BAD_BATCH in str(err):  # a check inside the tf.data pipeline: say it plainly
+            raise DataError(str(err).split(_BAD_BATCH, 1)[1].split("\n")[0].strip()) from None
+        raise
     except Exception:
         if failed:
             raise failed[0] from None
         raise
     _log(history)
     return src
+
+
+_BAD_BATCH = "kopt bad batch:"  # marks the tf.data pipeline's own checks in TensorFlow errors
+
+
+def _graph_targets(student: Any, teacher: Any, hs: list[Head], what: str) -> Any:
+    """The stream's per-batch work as a tf.data map function: labels checked (finite, in the
+    class range) and turned into targets, inputs checked for NaN/inf, the teacher run (as a
+    graph, in tf.data's threads, while the student trains). What a Python generator does for
+    other streams, without a trip through Python per batch, so a tf.data pipeline trains as
+    fast as arrays do. The teacher runs every epoch: there is no TeacherCache in a graph, and
+    its forward pass costs less than the student's training step it overlaps."""
+    import tensorflow as tf
+
+    def finite(v: Any, name: str) -> Any:
+        if v.dtype.is_floating:
+            return tf.debugging.check_numerics(v, f"{_BAD_BATCH} {what}: NaN or inf in the {name}")
+        return v
+
+    def fn(*element: Any) -> tuple:
+        x, y, sw = unpack(element)
+        x = tf.nest.map_structure(lambda v: finite(v, "inputs"), x)
+        x = tuple(x) if isinstance(x, list) else x
+        ys = split_labels(student, y)
+        soft = None
+        if teacher is not None:
+            out = teacher(x, training=False)
+            soft = list(out) if isinstance(out, (list, tuple)) else [out]
+        targets = []
+        for i, h in enumerate(hs):
+            cols = []
+            if ys is not None and ys[i] is not None:
+                cols.append(_graph_labels(h, finite(ys[i], "labels"), what))
+            if soft is not None:
+                s = tf.cast(soft[i], tf.float32)
+                cols.append(tf.reshape(s, (tf.shape(s)[0], -1)))
+            targets.append(tf.concat(cols, axis=1))
+        return (x, _one(targets)) if sw is None else (x, _one(targets), sw)
+
+    return fn
+
+
+def _graph_labels(h: Head, y: Any, what: str) -> Any:
+    """class_targets or the flattened values, in TensorFlow ops; class indices checked."""
+    import tensorflow as tf
+
+    n = tf.shape(y)[0]
+    if not h.classes:
+        return tf.reshape(tf.cast(y, tf.float32), (n, -1))
+    width = h.shape[0]
+    if y.shape.rank == 2 and y.shape[1] == width:
+        return tf.cast(y, tf.float32)
+    index = tf.cast(tf.reshape(y, (-1,)), tf.int64)
+    bad = f"{_BAD_BATCH} {what}: labels out of range for output '{h.name}', which has " \
+          f"{width} classes (0..{width - 1})"
+    with tf.control_dependencies([tf.debugging.assert_non_negative(index, message=bad),
+                                  tf.debugging.assert_less(index, tf.constant(width, tf.int64),
+                                                           message=bad)]):
+        return tf.one_hot(index, width, dtype=tf.float32)
 
 
 class TeacherCache:

@@ -42,6 +42,13 @@ def output_names(model: Any) -> list[str]:
 def labels_per_output(model: Any, y: Any) -> list[np.ndarray | None] | None:
     """Labels as a list aligned with the model's outputs (y may be an array for a single
     output, a list in output order, or a dict by output name); None without labels."""
+    ys = split_labels(model, y)
+    return None if ys is None else [None if v is None else np.asarray(v) for v in ys]
+
+
+def split_labels(model: Any, y: Any) -> list | None:
+    """labels_per_output without converting to numpy: the labels' own objects (tensors in a
+    tf.data pipeline) in output order."""
     if y is None:
         return None
     names = output_names(model)
@@ -49,11 +56,11 @@ def labels_per_output(model: Any, y: Any) -> list[np.ndarray | None] | None:
         unknown = sorted(set(y) - set(names))
         if unknown:
             raise DataError(f"labels for {unknown}, but the model's outputs are {names}")
-        return [None if y.get(n) is None else np.asarray(y[n]) for n in names]
+        return [y.get(n) for n in names]
     ys = list(y) if isinstance(y, (list, tuple)) else [y]
     if len(ys) != len(names):
         raise DataError(f"{len(ys)} label arrays for the model's {len(names)} outputs {names}")
-    return [None if v is None else np.asarray(v) for v in ys]
+    return ys
 
 
 def heads(model: Any, ys: list | None) -> list[Head]:

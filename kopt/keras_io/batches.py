@@ -155,7 +155,7 @@ class Batches:
             raise DataError(f"{self.what}: cannot read a {kind}; pass {FORMS}")
 
     def _arrays(self, data: Any) -> None:
-        x, y, sw = _unpack(data)
+        x, y, sw = unpack(data)
         x, y, sw = _numpy(x), _numpy(y), _numpy(sw)
         n = sample_count(x)
         if x is None or n == 0:
@@ -172,7 +172,7 @@ class Batches:
         import tensorflow as tf
 
         if self.inputs is not None:
-            spec = _unpack(ds.element_spec)[0]
+            spec = unpack(ds.element_spec)[0]
             ranks = sorted(len(s.shape) for s in _leaves(spec, tf.TensorSpec))
             if ranks and ranks == sorted(len(shape) - 1 for _, shape, _ in self.inputs):
                 ds = ds.batch(self.batch_size)  # a dataset of single samples
@@ -250,16 +250,25 @@ class Batches:
         if self._once is not None:
             once = self._once
             return lambda: self._kept.pop(0) if self._kept else self._batch(next(once))
-        if self._ds is not None and (self._start or self._stop is not None):
-            ds = self._ds.skip(self._start)  # skipped batches never become numpy arrays
-            ds = ds if self._stop is None else ds.take(self._stop - self._start)
-            items = ds.as_numpy_iterator()
+        if self._ds is not None:  # skipped batches never become numpy arrays
+            items = self.dataset().as_numpy_iterator()
         else:
             items = itertools.islice(self._open(), self._start, self._stop)
         return lambda: self._batch(next(items))
 
+    def dataset(self) -> Any:
+        """This view of a tf.data source as a tf.data.Dataset (its slice and step bound applied
+        inside tf.data, batches unchecked), so that training can read it without a trip
+        through Python per batch; None when the source is not a tf.data.Dataset."""
+        if self._ds is None:
+            return None
+        ds = self._ds.skip(self._start) if self._start else self._ds
+        if self._stop is not None:
+            ds = ds.take(self._stop - self._start)
+        return ds if self.steps is None else ds.take(self.steps)
+
     def _batch(self, item: Any) -> tuple[Any, Any, Any]:
-        x, y, sw = (_numpy(v) for v in _unpack(item))
+        x, y, sw = (_numpy(v) for v in unpack(item))
         if x is None:
             raise DataError(f"{self.what}: a batch holds no inputs")
         n = sample_count(x)
@@ -402,7 +411,7 @@ def _is_py_dataset(v: Any) -> bool:
                for c in type(v).__mro__)
 
 
-def _unpack(item: Any) -> tuple[Any, Any, Any]:
+def unpack(item: Any) -> tuple[Any, Any, Any]:
     """(x, y, sample_weight) from x, (x,), (x, y) or (x, y, sw), as Keras reads them."""
     if isinstance(item, list):
         item = tuple(item)
