@@ -71,3 +71,25 @@ def test_compiles_in_callers_distribution_scope(digits, teacher):
         student = _damaged(teacher, seed=3)
         kopt.retrain(student, teacher, data=(x[:256], y[:256]), epochs=1)
     assert student.optimizer is not None and student.distribute_strategy is strategy
+
+
+def test_same_seed_same_model_whenever_the_student_was_built(digits, teacher):
+    """A Dropout layer seeds itself from Python's random state when built: two students built
+    at different points of a process must still train to the same weights with one seed."""
+    import random
+
+    x, y, _, _ = digits
+
+    def student():
+        h = inp = keras.Input((8, 8, 1))
+        h = keras.layers.Dropout(0.5)(keras.layers.Flatten()(h))
+        return keras.Model(inp, keras.layers.Dense(10, activation="softmax")(h))
+
+    first = student()
+    random.random()  # other work in between draws from the same state
+    second = student()
+    second.set_weights(first.get_weights())
+    for m in (first, second):
+        kopt.retrain(m, teacher, data=(x, y), epochs=1, seed=3)
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -85,7 +85,7 @@ def _retrain_arrays(student: Any, teacher: Any, src: Batches, epochs: int,
     ys = labels_per_output(student, y)
     hs = heads(student, ys)
     _need_targets(teacher, ys)
-    keras.utils.set_random_seed(seed)  # shuffling and dropout: the same run gives the same model
+    _seed(student, seed)
     n = sample_count(x)
     order = np.random.default_rng(seed).permutation(n)
     x = take_rows(x, order)
@@ -124,7 +124,7 @@ def _retrain_stream(student: Any, teacher: Any, src: Batches, epochs: int,
     ys = labels_per_output(student, first[1])
     hs = heads(student, ys)
     _need_targets(teacher, ys)
-    keras.utils.set_random_seed(seed)
+    _seed(student, seed)
     failed: list[Exception] = []
 
     def batch(x: Any, y: Any, sw: Any) -> tuple:
@@ -289,6 +289,19 @@ def _sample_keys(x: Any) -> list[bytes]:
 def _multipliers(width: int) -> np.ndarray:
     m = np.random.default_rng(width).integers(0, 2**63, (2, width), dtype=np.uint64)
     return m * np.uint64(2) + np.uint64(1)  # odd: a change in any one word changes the sum
+
+
+def _seed(model: Any, seed: int) -> None:
+    """Seed everything random in training: Keras' global seeds (shuffling, tf.random) and the
+    model's own seed generators. A Dropout layer draws its generator's seed from Python's
+    random state when it is built, so a candidate built later in a process (after other
+    training drew from that state) would drop other units; reset from `seed` and the layer's
+    position, the same call gives the same model."""
+    keras.utils.set_random_seed(seed)
+    for i, layer in enumerate(model._flatten_layers()):
+        for j, gen in enumerate(getattr(layer, "_seed_generators", [])):
+            gen.state.assign(np.array([seed * 100003 + i * 101 + j + 1, 0],
+                                      gen.state.dtype))
 
 
 def _need_targets(teacher: Any, ys: list | None) -> None:
