@@ -70,8 +70,28 @@ def test_candidates_snap_to_measured_steps(tmp_path, fake_runtime):
     group = next(gr for gr in channel_groups(g) if gr.key == "c1")
     assert step_widths(lm, g, group) == [24, 16, 8]  # tiles of 8: widths in between buy nothing
     moves, _, table = channel_candidates(g, lm, lm.predict(g), cut_ms=0.05)
-    assert {m.info["width"] for m in moves} == {24}  # the smallest cut that gives 0.05 ms
+    # tiles of 8: 28 channels cost what 32 do, so the smallest cut that gives 0.05 ms is 24
+    assert {m.info["width"] for m in moves} == {24}
     assert {row["group"] for row in table} == {"c1", "c2"}
+
+
+def test_candidates_count_what_follows_a_group(tmp_path, monkeypatch):
+    """A 1x1 expand conv costing the same at every width, followed by a depthwise conv whose
+    time steps with its channels: pruning the expand group pays off through the depthwise
+    conv, which a sweep of the expand conv alone would never show."""
+    def time(self, model, shapes):
+        dw = [layer for layer in model.layers if isinstance(layer, L.DepthwiseConv2D)]
+        return OVERHEAD + (0.1 * -(-dw[0].kernel.shape[2] // 8) if dw else 0.1)
+
+    monkeypatch.setattr(LatencyModel, "_time", time)
+    x = inp = keras.Input((8, 8, 8))
+    x = L.Conv2D(32, 1, activation="relu", name="expand")(x)
+    x = L.DepthwiseConv2D(3, padding="same", activation="relu", name="dw")(x)
+    x = L.Conv2D(8, 1, name="project")(x)
+    g = from_keras(keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D()(x))))
+    lm = LatencyModel(cache_dir=tmp_path)
+    moves, _, _ = channel_candidates(g, lm, lm.predict(g), cut_ms=0.15)
+    assert [(m.info["group"], m.info["width"]) for m in moves] == [("expand", 16)]
 
 
 def test_search_reaches_a_speedup(tmp_path, fake_runtime):
@@ -134,6 +154,23 @@ def test_falls_back_to_fastest_within_drop(tmp_path, fake_runtime):
     assert not res.reached and res.measured_ms < res.original_ms
     assert "NOT reached" in res.message and "scored more than 0.3" in res.message
     assert calls.count(4) <= 2  # earlier models are distilled again only when they could pass
+
+
+def test_progress_bar_runs_and_closes(tmp_path, fake_runtime, capsys):
+    """progress=True: a bar on stderr towards the goal, saying where the search stands and what
+    it is doing, the result lines above it, and no bar left open at the end."""
+    from tqdm import tqdm
+
+    model = _model()
+    res = latency_search(model, Target(speedup=1.5), _score(model),
+                         finetune=lambda m, epochs: None,
+                         latency=LatencyModel(cache_dir=tmp_path), max_drop=1.0, progress=True)
+    err = capsys.readouterr().err
+    assert res.reached
+    assert "search:" in err and "iteration 1: " in err and " ms, score " in err
+    assert "fine-tuning 1/2" in err and "measuring" in err and "distilling" in err
+    assert "100%" in err and "search: target reached" in err
+    assert not list(tqdm._instances)  # closed
 
 
 # ---- optimize(..., target=...) and the command line ----------------------------------------

@@ -10,6 +10,7 @@ int8 files, params, bytes, and the wall time of each phase.
 
     python tools/mobilenetv2_digits.py --seed 0 --json mnv2.json
     python tools/mobilenetv2_digits.py --epochs 12 --retrain-epochs 2     # longer, better
+    python tools/mobilenetv2_digits.py --speedup 2                        # the latency search
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--merge-width", type=float, nargs="*", default=None,
                    help="merged-block widths to try, most aggressive first (default: kopt's; "
                         "none given: no merging)")
+    p.add_argument("--speedup", type=float, default=None,
+                   help="ask the latency search for this speed-up over int8 PTQ (default: the "
+                        "fixed recipe)")
     p.add_argument("--invokes", type=int, default=300, help="timed LiteRT invokes per model")
     p.add_argument("--numpy", action="store_true",
                    help="give kopt.optimize the arrays instead of the tf.data pipelines")
@@ -141,6 +145,8 @@ def main() -> int:
     options = dict(epochs=args.retrain_epochs, seed=args.seed, progress=False)
     if args.merge_width is not None:
         options["merge_width"] = tuple(args.merge_width)
+    if args.speedup is not None:
+        options["target"] = args.speedup
     small, steps, data_form = optimize(original, (train_ds, val_ds), ((x, y), (xv, yv)),
                                        args.numpy, **options)
     phase("optimize")

@@ -1,10 +1,11 @@
 """The moves a latency search can make from one model, each with its predicted latency.
 
-Channel moves: for each prunable channel group (kopt.ir.channels), the widths worth pruning to
-are the steps of the group's measured latency curve (LatencyModel.channel_steps: XNNPACK runs
-whole tiles, so a width inside a plateau costs what the plateau's widest width costs); the move
-is the *smallest* cut to a step width whose whole-model predicted latency is lower by the
-iteration's budget (NetAdapt, Yang et al. 2018). Channels are chosen by the pruning rule's
+Channel moves: for each prunable channel group (kopt.ir.channels), the move is the *smallest*
+cut to a width worth pruning to whose whole-model predicted latency is lower by the iteration's
+budget (NetAdapt, Yang et al. 2018). The widths worth pruning to are the steps of the group's
+measured latency curve (LatencyModel.channel_steps: XNNPACK runs whole tiles, so a width inside
+a plateau costs what the plateau's widest width costs), or a coarse sweep where the group's
+own conv does not show the steps (see step_widths). Channels are chosen by the pruning rule's
 criterion (rewrites.prune_entropy.channel_scores). Rule moves: an approximate rule (a block
 merged, a Dense factored) applied as a whole, offered when it is predicted to be faster.
 Where no move reaches the budget, each group's largest predicted cut is still reported, so the
@@ -45,23 +46,41 @@ class Candidate:
 
 
 def prune_to(g: Graph, group: Group, width: int, criterion: str = "l1",
-             data: Any = None) -> Graph:
-    """A copy of `g` whose `group` keeps its `width` best channels by `criterion`."""
+             data: Any = None, order: np.ndarray | None = None) -> Graph:
+    """A copy of `g` whose `group` keeps its `width` best channels by `criterion` (or the
+    first `width` of `order`, channels best first, when given)."""
     out = g.copy()
-    scores = channel_scores(out, group, criterion, data)
-    keep = np.sort(np.argsort(-scores, kind="stable")[:width])
-    prune_group(out, group, keep)
+    if order is None:
+        order = channel_order(out, group, criterion, data)
+    prune_group(out, group, np.sort(order[:width]))
     return out
 
 
 def step_widths(lm: LatencyModel, g: Graph, group: Group) -> list[int]:
-    """Widths below the group's current one worth pruning to, widest first: the steps of its
-    first source's measured curve, or the plain sweep when that source cannot be swept."""
-    try:
-        widths = lm.channel_steps(g, group.sources[0]).steps
-    except ChannelSweepError:
-        widths = sweep_widths(len(group))
-    return sorted((w for w in widths if w < len(group)), reverse=True)
+    """Widths below the group's current one worth pruning to, widest first.
+
+    The steps of its first source's measured curve where they tell: one sweep of one conv,
+    and right where that conv dominates. The plain sweep (each width then priced for the
+    whole model, which is dearer: every consumer is timed at each width) where they cannot:
+    the source cannot be swept, its curve is flat (a conv too small for a step to show above
+    the timer's noise), or a depthwise conv follows the channels, whose tiles the source's
+    sweep never sees (an inverted residual's expand conv costs the same at every width while
+    its depthwise conv steps down)."""
+    widths: list[int] = []
+    if not any(g[m].op == "DepthwiseConv2D" for m in group.members if m in g):
+        try:
+            widths = [w for w in lm.channel_steps(g, group.sources[0]).steps if w < len(group)]
+        except ChannelSweepError:
+            pass
+    if not widths:
+        widths = [w for w in sweep_widths(len(group)) if w < len(group)]
+    return sorted(widths, reverse=True)
+
+
+def channel_order(g: Graph, group: Group, criterion: str = "l1", data: Any = None
+                  ) -> np.ndarray:
+    """The group's channels, best first by `criterion`."""
+    return np.argsort(-channel_scores(g, group, criterion, data), kind="stable")
 
 
 def channel_candidates(g: Graph, lm: LatencyModel, current_ms: float, cut_ms: float,
@@ -76,10 +95,9 @@ def channel_candidates(g: Graph, lm: LatencyModel, current_ms: float, cut_ms: fl
             continue
         best: Candidate | None = None
         reached = False
-        for width in step_widths(lm, g, group):
-            if width < min_channels:
-                break
-            graph = prune_to(g, group, width, criterion, data)
+        order = channel_order(g, group, criterion, data)
+        for width in (w for w in step_widths(lm, g, group) if w >= min_channels):
+            graph = prune_to(g, group, width, order=order)
             cand = Candidate(f"prune {group.key} {len(group)}->{width}", graph,
                              lm.predict(graph), info={"group": group.key, "width": width,
                                                       "channels": len(group)})

@@ -33,7 +33,7 @@ from kopt.flows.candidates import Candidate, channel_candidates, rule_candidates
 from kopt.flows.distill import retrain
 from kopt.keras_io import from_keras, to_keras
 from kopt.keras_io.probes import predict_outputs
-from kopt.progress import say
+from kopt.progress import GoalBar, progress_to, say
 from kopt.rewriting import Rule, max_relative_error
 from kopt.runtime.latency import LatencyModel
 
@@ -104,7 +104,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                    short_epochs: int = 1, final_epochs: int = 5, max_iterations: int = 30,
                    criterion: str = "l1", min_gain: float = 0.01, min_channels: int = 4,
                    rules: list[tuple[str, Rule]] | None = None, measure_runs: int = 200,
-                   progress: bool = False, shortlists: int = 3) -> SearchResult:
+                   progress: bool = False, shortlists: int = 3,
+                   margin: float = 0.02) -> SearchResult:
     """Search for the most accurate model meeting `target` (see the module docstring).
 
     score(model) -> validation score (higher is better; max_drop is in its units);
@@ -116,7 +117,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     latency; criterion: how channels are chosen ("l1", "bn_gamma", or "entropy" with
     calibration); rules: extra (name, approximate rule) moves offered every iteration;
     shortlists: how many shortlists of top_k moves, in rank order, an iteration may fine-tune
-    and measure before it gives up."""
+    and measure before it gives up; margin: the search aims this share below the goal, so
+    that measurement noise (1-2% between runs) does not decide whether the target is met."""
     lm = latency or LatencyModel(target.runtime, target.threads)
     if (lm.runtime, lm.threads) != (target.runtime, target.threads):
         raise SearchTargetError(f"the latency model times {lm.runtime} with {lm.threads} "
@@ -125,6 +127,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     measured = lm.measure(model, runs=measure_runs)
     predicted = lm.predict(g)
     goal = target.goal_ms(measured)
+    aim = goal * (1.0 - margin)
     base = score(model)
     steps = [_row("original", g, predicted, measured, base, kept=True)]
     points = [_Point(model, measured, predicted, base, "original")]
@@ -133,45 +136,54 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     stop = ""
     _say(f"search: target {target}: {measured:.4f} -> {goal:.4f} ms (predicted "
          f"{predicted:.4f}), score {base:.4f}", progress)
-    for it in range(1, max_iterations + 1):
-        if measured <= goal:
-            break
-        budget = min(cut, predicted - _floor(lm))
-        moves, fallbacks, reach_table = channel_candidates(g, lm, predicted, budget, criterion,
-                                                           calibration, min_channels)
-        rule_moves, rule_fallbacks = rule_candidates(g, lm, predicted, budget, rules or [])
-        moves = (moves + rule_moves) or (fallbacks + rule_fallbacks)
-        if not moves:
-            stop = "no move is predicted to lower the latency" + _reach_summary(reach_table)
-            break
-        _rank(moves, current, calibration)
-        accepted = None
-        # the next-ranked moves get their turn when none of a shortlist measures faster: the
-        # prediction ranks them, but only the runtime decides
-        for start in range(0, min(len(moves), top_k * shortlists), max(1, top_k)):
-            for cand in _shortlist(moves[start:], top_k, current, finetune, short_epochs,
-                                   score):
-                cand.measured_ms = lm.measure(cand.model, runs=measure_runs)
-                ok = cand.measured_ms < measured * (1 - min_gain)
-                steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
-                                  cand.measured_ms, cand.score, ok, cand.error))
-                _say(_line(steps[-1]), progress)
-                if ok:
-                    accepted = cand
-                    break
-            if accepted is not None:
+    # the bar shows the measured ms cut so far out of the cut the goal asks for
+    with progress_to(measured - goal, progress, "search") as bar:
+        for it in range(1, max_iterations + 1):
+            if measured <= aim:
                 break
-        if accepted is None:
-            stop = (f"no candidate of iteration {it} lowered the measured latency by "
-                    f"{min_gain:.0%} ({measured:.4f} ms)")
-            break
-        current, g = accepted.model, from_keras(accepted.model)
-        measured, predicted = accepted.measured_ms, lm.predict(g)
-        points.append(_Point(current, measured, predicted, accepted.score, accepted.name))
-    else:
-        stop = f"stopped after {max_iterations} iterations"
-    return _finish(points, steps, goal, base, max_drop, finetune, final_epochs, score, stop,
-                   reach_table, lm, measure_runs, progress)
+            bar.show(points[0].measured_ms - measured,
+                     _standing(it, measured, goal, points[-1].score))
+            bar.doing("pricing moves")
+            budget = min(cut, predicted - _floor(lm), _remaining(predicted, measured, aim))
+            moves, fallbacks, reach_table = channel_candidates(g, lm, predicted, budget,
+                                                               criterion, calibration,
+                                                               min_channels)
+            rule_moves, rule_fallbacks = rule_candidates(g, lm, predicted, budget, rules or [])
+            short_of_budget = not (moves or rule_moves)
+            moves = (moves + rule_moves) or (fallbacks + rule_fallbacks)
+            if not moves:
+                stop = "no move is predicted to lower the latency" + _reach_summary(reach_table)
+                break
+            bar.doing(f"ranking {len(moves)} moves")
+            _rank(moves, current, calibration, predicted if short_of_budget else None)
+            accepted = None
+            # the next-ranked moves get their turn when none of a shortlist measures faster:
+            # the prediction ranks them, but only the runtime decides
+            for start in range(0, min(len(moves), top_k * shortlists), max(1, top_k)):
+                for cand in _shortlist(moves[start:], top_k, current, finetune, short_epochs,
+                                       score, bar):
+                    bar.doing(f"measuring {cand.name}")
+                    cand.measured_ms = lm.measure(cand.model, runs=measure_runs)
+                    ok = cand.measured_ms < measured * (1 - min_gain)
+                    steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
+                                      cand.measured_ms, cand.score, ok, cand.error))
+                    _say(_line(steps[-1]), progress)
+                    if ok:
+                        accepted = cand
+                        break
+                if accepted is not None:
+                    break
+            if accepted is None:
+                stop = (f"no candidate of iteration {it} lowered the measured latency by "
+                        f"{min_gain:.0%} ({measured:.4f} ms)")
+                break
+            current, g = accepted.model, from_keras(accepted.model)
+            measured, predicted = accepted.measured_ms, lm.predict(g)
+            points.append(_Point(current, measured, predicted, accepted.score, accepted.name))
+        else:
+            stop = f"stopped after {max_iterations} iterations"
+        return _finish(points, steps, goal, base, max_drop, finetune, final_epochs, score,
+                       stop, reach_table, lm, measure_runs, progress, bar)
 
 
 def _reach_summary(table: list[dict], top: int = 3) -> str:
@@ -184,14 +196,25 @@ def _reach_summary(table: list[dict], top: int = 3) -> str:
         for r in rows) + "; SearchResult.reach_table has every group)"
 
 
+def _remaining(predicted: float, measured: float, goal: float, margin: float = 0.05) -> float:
+    """What is left to cut, in the prediction's units (the goal scaled by predicted/measured),
+    plus a margin for measurement noise: the last iteration cuts no more than it must (NetAdapt
+    does the same), since a cut past the goal costs accuracy and buys nothing asked for."""
+    return predicted * max(0.0, 1.0 - goal / measured) * (1.0 + margin) + 1e-9
+
+
 def _floor(lm: LatencyModel) -> float:
     """No cut can go below the runtime's fixed cost per call."""
     return lm.overhead_ms()
 
 
-def _rank(moves: list[Candidate], current: Any, calibration: Any) -> None:
+def _rank(moves: list[Candidate], current: Any, calibration: Any,
+          per_ms_from: float | None = None) -> None:
     """Cheapest estimate first: output error on calibration samples against the current model
-    (without calibration data: the predicted latency, fastest first)."""
+    (without calibration data: the predicted latency, fastest first). Moves that all give the
+    iteration's budget compare by error alone; when none does (per_ms_from: the current
+    predicted ms), each cuts what it can, so they compare by error per predicted ms cut:
+    else the search would crawl through the smallest cuts, the least harmful ones."""
     if calibration is None:
         moves.sort(key=lambda c: c.predicted_ms)
         return
@@ -200,17 +223,22 @@ def _rank(moves: list[Candidate], current: Any, calibration: Any) -> None:
         cand.model = to_keras(cand.graph)
         cand.error = max_relative_error(reference, predict_outputs(cand.model, calibration,
                                                                    batch_size=128))
-    moves.sort(key=lambda c: (c.error, c.predicted_ms))
+    if per_ms_from is None:
+        moves.sort(key=lambda c: (c.error, c.predicted_ms))
+    else:
+        moves.sort(key=lambda c: (c.error / max(per_ms_from - c.predicted_ms, 1e-9),
+                                  c.predicted_ms))
 
 
 def _shortlist(moves: list[Candidate], top_k: int, current: Any, finetune: Finetune | None,
-               epochs: int, score: Score) -> list[Candidate]:
+               epochs: int, score: Score, bar: GoalBar) -> list[Candidate]:
     """The top_k best-ranked moves, fine-tuned briefly and scored, best score first."""
     short = moves[:max(1, top_k)]
-    for cand in short:
+    for i, cand in enumerate(short, 1):
         if cand.model is None:
             cand.model = to_keras(cand.graph)
         if finetune is not None and epochs > 0:
+            bar.doing(f"fine-tuning {i}/{len(short)} ({cand.name})")
             finetune(cand.model, epochs)
             cand.graph = from_keras(cand.model)
         cand.score = score(cand.model)
@@ -219,8 +247,8 @@ def _shortlist(moves: list[Candidate], top_k: int, current: Any, finetune: Finet
 
 def _finish(points: list[_Point], steps: list[dict], goal: float, base: float,
             max_drop: float, finetune: Finetune | None, epochs: int, score: Score, stop: str,
-            reach_table: list[dict], lm: LatencyModel, runs: int, progress: bool
-            ) -> SearchResult:
+            reach_table: list[dict], lm: LatencyModel, runs: int, progress: bool,
+            bar: GoalBar) -> SearchResult:
     """Final distillation of the last kept model; if it then scores more than max_drop below
     the original, the fastest kept model within it (the original at worst). An earlier model
     is distilled again only when its short-fine-tune score plus what the final distillation
@@ -232,8 +260,12 @@ def _finish(points: list[_Point], steps: list[dict], goal: float, base: float,
             if gain is not None and point.score + gain < base - max_drop:
                 continue
             before = point.score
+            bar.show(original.measured_ms - point.measured_ms,
+                     _standing("final", point.measured_ms, goal, point.score))
+            bar.doing(f"distilling {point.name} ({epochs} epochs)")
             finetune(point.model, epochs)
             point.score = score(point.model)
+            bar.doing(f"measuring {point.name}")
             point.measured_ms = lm.measure(point.model, runs=runs)
             gain = max(gain or 0.0, point.score - before)
             steps.append(_row(f"final distillation ({point.name})", from_keras(point.model),
@@ -244,6 +276,8 @@ def _finish(points: list[_Point], steps: list[dict], goal: float, base: float,
             break
     chosen = chosen or original
     reached = chosen.measured_ms <= goal
+    bar.show(original.measured_ms - chosen.measured_ms,
+             _standing("done", chosen.measured_ms, goal, chosen.score))
     what = (f"{original.measured_ms / chosen.measured_ms:.2f}x ({original.measured_ms:.4f} -> "
             f"{chosen.measured_ms:.4f} ms measured), score {base:.4f} -> {chosen.score:.4f}")
     if reached:
@@ -264,6 +298,12 @@ def _row(name: str, g: Any, predicted: float, measured: float, val: float | None
     return dict(step=name, predicted_ms=predicted, measured_ms=measured,
                 params=g.count_params(), macs=g.count_macs(), val_score=val,
                 calibration_error=error, kept=bool(kept))
+
+
+def _standing(stage: Any, measured: float, goal: float, val: float) -> str:
+    """Where the search stands, for the progress bar: iteration, measured ms / goal, score."""
+    where = f"iteration {stage}" if isinstance(stage, int) else stage
+    return f"{where}: {measured:.4f}/{goal:.4f} ms, score {val:.4f}"
 
 
 def _line(row: dict) -> str:
