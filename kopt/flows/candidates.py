@@ -95,8 +95,9 @@ def channel_candidates(g: Graph, lm: LatencyModel, current_ms: float, cut_ms: fl
             continue
         best: Candidate | None = None
         reached = False
-        order = channel_order(g, group, criterion, data)
-        for width in (w for w in step_widths(lm, g, group) if w >= min_channels):
+        widths = [w for w in step_widths(lm, g, group) if w >= min_channels]
+        order = channel_order(g, group, criterion, data) if widths else None
+        for width in widths:
             graph = prune_to(g, group, width, order=order)
             cand = Candidate(f"prune {group.key} {len(group)}->{width}", graph,
                              lm.predict(graph), info={"group": group.key, "width": width,
