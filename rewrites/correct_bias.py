@@ -44,6 +44,7 @@ from kopt.ir import Graph, Node
 from kopt.ir.ops import channels_last
 from kopt.keras_io.batches import as_batches, take
 from kopt.keras_io.emitter import to_keras
+from kopt.keras_io.probes import node_output
 from kopt.rewriting import Match, Rule, register
 from rewrites._linear import CONV, DEPTHWISE
 
@@ -140,9 +141,7 @@ class _MeanInputs:
         outs = []
         for node in layers:
             src, port, _ = g.in_edges(node.name)[0]
-            out = model.get_layer(src).output
-            out = out[port] if isinstance(out, (list, tuple)) else out
-            outs.append(keras.ops.sum(out, axis=0))
+            outs.append(keras.ops.sum(node_output(model, src, port), axis=0))
         self.tap = keras.Model(model.inputs, outs)
 
     def __call__(self, data: np.ndarray, level: list[Node], batch_size: int

@@ -7,8 +7,9 @@ with the concatenation. n convs with the same geometry (kernel size, strides, pa
 dilation), activation and bias use, whose outputs fill a contiguous run of a channel
 Concatenate's slots in order, are therefore one wider conv feeding that run (the inception case).
 
-Convs that read one tensor but go elsewhere would need a channel split after the fused conv;
-Keras has no Split layer and a Lambda would be opaque to every later rule, so they are declined.
+Convs that read one tensor but go elsewhere need a channel slice per branch after the fused
+conv: that is `fuse_horizontal_split` (opt-in, since an extra slice op per branch is not always
+faster), so this rule declines them.
 """
 
 from __future__ import annotations
@@ -27,14 +28,19 @@ OPS = {"Conv2D", "Dense"}
 WIDTH = {"Conv2D": "filters", "Dense": "units"}
 IGNORED = {"name", "filters", "units", "kernel_initializer", "bias_initializer"}
 """Config keys that may differ between fused layers (they do not change the function)."""
+MIXING = {"softmax", "log_softmax"}
+"""Activations that mix a pixel's channels: not element-wise, so they do not commute with
+concatenating (or slicing) channels."""
 
 
-def _source(g: Graph, node: Node) -> tuple[str, int] | None:
+def source(g: Graph, node: Node) -> tuple[str, int] | None:
+    """The (producer, port) a conv/Dense reads, None for other ops: layers that read the same
+    one are candidates for fusing."""
     edges = g.in_edges(node.name)
     return (edges[0][0], edges[0][1]) if node.op in OPS and len(edges) == 1 else None
 
 
-def _difference(a: Node, b: Node) -> str | None:
+def difference(a: Node, b: Node) -> str | None:
     """The first config key (activation first) on which two layers disagree."""
     keys = ["activation"] + sorted((set(a.config) | set(b.config)) - IGNORED - {"activation"})
     for key in keys:
@@ -54,17 +60,17 @@ class FuseHorizontal(Rule):
                 node = g[src] if src is not None else None
                 same = (node is not None and run and node.op == run[0].op
                         and node.name not in {n.name for n in run}
-                        and _source(g, node) == _source(g, run[0]))
+                        and source(g, node) == source(g, run[0]))
                 if same:
                     run.append(node)
                     continue
                 if len(run) >= 2:
                     yield from self._runs(run, cat, covered)
-                run = [node] if node is not None and sp == 0 and _source(g, node) else []
+                run = [node] if node is not None and sp == 0 and source(g, node) else []
         groups: dict[tuple, list[Node]] = defaultdict(list)
         for node in g.nodes_of(*OPS):
-            if node.name not in covered and _source(g, node):
-                key = (node.op, _source(g, node), repr(sorted(
+            if node.name not in covered and source(g, node):
+                key = (node.op, source(g, node), repr(sorted(
                     (k, pair(v)) for k, v in node.config.items() if k not in IGNORED)))
                 groups[key].append(node)
         for nodes in groups.values():
@@ -76,7 +82,7 @@ class FuseHorizontal(Rule):
         reason) when no two neighbours agree."""
         subs, start = [], 0
         for i in range(1, len(run) + 1):
-            if i == len(run) or _difference(run[start], run[i]):
+            if i == len(run) or difference(run[start], run[i]):
                 if i - start >= 2:
                     subs.append(run[start:i])
                 start = i
@@ -86,36 +92,18 @@ class FuseHorizontal(Rule):
 
     def reject(self, g: Graph, m: Match) -> str | None:
         if m.concat is None:
-            return ("outputs not consumed by one Concatenate in order (fusing would need a "
-                    "channel split, which Keras has no layer for)")
+            return ("outputs not consumed by one Concatenate in order (fusing would need "
+                    "channel slices: the opt-in fuse_horizontal_split)")
         rank = len(m.concat.output_shape)
         if m.concat.config.get("axis", -1) not in (-1, rank - 1):
             return "Concatenate is not on the channel axis"
         for node in m.convs:
-            if not channels_last(node):
-                return f"'{node.name}' is channels_first"
-            if node.config.get("groups", 1) != 1:
-                return f"'{node.name}' is a grouped conv"
             if not reads_only(g, node, m.concat):
                 return f"output of '{node.name}' is also read elsewhere"
-        for node in m.convs[1:]:
-            key = _difference(m.convs[0], node)
-            if key:
-                return f"'{m.convs[0].name}' and '{node.name}' have different {key}"
-        return None
+        return unfusable(m.convs)
 
     def apply(self, g: Graph, m: Match) -> None:
-        first, width = m.convs[0], WIDTH[m.convs[0].op]
-        parts = [kernel_bias(n) for n in m.convs]
-        weights = {"kernel": np.concatenate([k for k, _ in parts], axis=-1)}
-        if first.config.get("use_bias", True):
-            weights["bias"] = np.concatenate([b for _, b in parts])
-        total = weights["kernel"].shape[-1]
-        fused = derive(g, first, f"{first.name}_fused", weights,
-                       first.output_shape[:-1] + (total,), **{width: total})
-        src, port = _source(g, first)
-        g.add(fused)
-        g.connect(src, fused.name, port, 0)
+        fused = fused_layer(g, m.convs)
         names = {n.name for n in m.convs}
         inputs: list[tuple[str, int]] = []
         for src, sp, _ in g.in_edges(m.concat.name):
@@ -128,3 +116,39 @@ class FuseHorizontal(Rule):
             g.remove(name)
         if len(inputs) == 1:
             g.bypass(m.concat.name)
+
+
+def unfusable(convs: list[Node]) -> str | None:
+    """Why `convs` (reading one tensor) cannot be one wider layer, or None: a channels_first
+    or grouped layer, a softmax, or two layers that differ in more than width and
+    initialisers."""
+    for node in convs:
+        if not channels_last(node):
+            return f"'{node.name}' is channels_first"
+        if node.activation in MIXING:
+            return f"'{node.name}' has activation {node.activation}, which mixes channels"
+        if node.config.get("groups", 1) != 1:
+            return f"'{node.name}' is a grouped conv"
+    for node in convs[1:]:
+        key = difference(convs[0], node)
+        if key:
+            return f"'{convs[0].name}' and '{node.name}' have different {key}"
+    return None
+
+
+def fused_layer(g: Graph, convs: list[Node]) -> Node:
+    """One layer computing `convs` side by side (kernels and biases concatenated on the output
+    axis, in order), added to `g` reading their common input; the caller rewires their readers
+    and removes them."""
+    first, width = convs[0], WIDTH[convs[0].op]
+    parts = [kernel_bias(n) for n in convs]
+    weights = {"kernel": np.concatenate([k for k, _ in parts], axis=-1)}
+    if first.config.get("use_bias", True):
+        weights["bias"] = np.concatenate([b for _, b in parts])
+    total = weights["kernel"].shape[-1]
+    fused = derive(g, first, f"{first.name}_fused", weights,
+                   first.output_shape[:-1] + (total,), **{width: total})
+    src, port = source(g, first)
+    g.add(fused)
+    g.connect(src, fused.name, port, 0)
+    return fused

@@ -25,6 +25,7 @@ from kopt.keras_io import from_keras
 from kopt.rewriting import Rule
 from kopt.runtime.latency import LatencyModel
 from rewrites.conv_pool_to_stride import ConvPoolToStride
+from rewrites.fuse_horizontal_split import FuseHorizontalSplit
 from rewrites.merge_inception import MergeInception
 from rewrites.pool_branch_to_conv import PoolBranchToConv
 from rewrites.remove_layer import RemoveLayer
@@ -50,9 +51,12 @@ def structural_moves(model: Any, calibration: Any, seed: int = 0) -> list[tuple[
     says width cuts buy nothing: each inception / residual block merged into one conv at half
     its output width; Dense layers factored by SVD; and, one move per place in `model`, a conv
     + pool turned into one strided conv, an inception pool branch ("same" average pool + 1x1
-    conv) turned into one conv, and a layer removed (depth pruning). Each rewrites only its
-    place (`only=`), so the search prices, ranks and measures every place on its own; a place
-    an earlier move took away is simply no move any more."""
+    conv) turned into one conv, the parallel convs reading one tensor (inception's 1x1
+    reduce convs) fused into one wider conv and channel slices, and a layer removed (depth
+    pruning). Each rewrites only its place (`only=`), so the search prices, ranks and
+    measures every place on its own; a place an earlier move took away is simply no move any
+    more. The fusion is exact; it is fine-tuned and scored like the other moves all the same
+    (a short fine-tune of an unchanged function), so the search treats every move alike."""
     g = from_keras(model)
     moves: list[tuple[str, Rule]] = [
         (f"merge {join}", MergeInception(calibration, width=0.5, only=join, seed=seed))
@@ -62,14 +66,18 @@ def structural_moves(model: Any, calibration: Any, seed: int = 0) -> list[tuple[
               for pool in places(g, ConvPoolToStride(), "pool")]
     moves += [(f"pool branch {pool} as conv", PoolBranchToConv(only=pool))
               for pool in places(g, PoolBranchToConv(), "pool")]
+    moves += [(f"fuse convs reading {src} (sliced)", FuseHorizontalSplit(only=src))
+              for src in dict.fromkeys(places(g, FuseHorizontalSplit(), "source"))]
     moves += [(f"remove {layer}", RemoveLayer(only=layer))
               for layer in places(g, RemoveLayer(), "layer")]
     return moves
 
 
 def places(g: Graph, rule: Rule, role: str) -> list[str]:
-    """The names bound to `role` in the matches of `rule` on `g` that it does not decline."""
-    return [getattr(m, role).name for m in rule.matches(g) if rule.reject(g, m) is None]
+    """The names bound to `role` in the matches of `rule` on `g` that it does not decline (the
+    node's name, or the name itself for a node the match only reads)."""
+    bound = [getattr(m, role) for m in rule.matches(g) if rule.reject(g, m) is None]
+    return [getattr(value, "name", value) for value in bound]
 
 
 def optimize_for_latency(model: Any, data: Any, target: Any, validation: Any = None,

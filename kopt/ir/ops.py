@@ -14,6 +14,10 @@ TRANSPOSE_OPS = {"Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"}
 DENSE_OPS = {"Dense", "EinsumDense"}
 MATMUL_OPS = {"Dot", "MultiHeadAttention", "GroupedQueryAttention"}
 TENSOR_OPS = CONV_OPS | DEPTHWISE_OPS | SEPARABLE_OPS | TRANSPOSE_OPS | DENSE_OPS | MATMUL_OPS
+GET_ITEM = "ops.GetItem"
+"""A tensor slice `x[key]` (Keras 3's GetItem operation; the key is in the node's call
+template). Unlike other raw keras.ops calls it is not opaque: the emitter rebuilds it for
+either backend, and rules may create it (fuse_horizontal_split's channel slices)."""
 
 KINDS: dict[str, set[str]] = {
     "conv": CONV_OPS | DEPTHWISE_OPS | SEPARABLE_OPS | TRANSPOSE_OPS,
@@ -28,7 +32,7 @@ KINDS: dict[str, set[str]] = {
     "merge": {"Concatenate", "Add", "Multiply", "Subtract", "Average", "Maximum", "Minimum"},
     "reshape": {"Reshape", "Flatten", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
                 "Cropping1D", "Cropping2D", "Cropping3D", "Permute", "UpSampling2D",
-                "RepeatVector"},
+                "RepeatVector", GET_ITEM},
     "io": {"InputLayer"},
 }
 _KIND_OF = {op: kind for kind, ops in KINDS.items() for op in ops}

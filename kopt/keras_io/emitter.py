@@ -2,7 +2,8 @@
 
 Layers are rebuilt from their configs (never shared with the input model), so training the
 emitted model cannot change the original. Only opaque layers that cannot be rebuilt (a Lambda,
-a raw keras.ops call) are reused as objects; they hold no weights.
+a raw keras.ops call) are reused as objects; they hold no weights. A tensor slice (x[key],
+GET_ITEM) is rebuilt, not reused, so that rules can create one and it emits as tf_keras too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from kopt.errors import EmitError
 from kopt.ir import Graph, Node, Port
+from kopt.ir.ops import GET_ITEM
 from kopt.keras_io.frontend import weight_names
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,8 @@ def _input(api: Any, node: Node) -> Any:
 
 
 def _build_layer(node: Node, backend: str, api: Any) -> Any:
+    if node.op == GET_ITEM and node.layer is None:
+        return _get_item(node, backend)
     if node.layer is not None:  # opaque: a custom class, a Lambda or a keras.ops operation
         return _build_opaque(node, backend)
     cls = getattr(api.layers, node.op, None)
@@ -90,6 +94,24 @@ def _build_layer(node: Node, backend: str, api: Any) -> Any:
     except Exception as err:
         raise EmitError(f"layer '{node.name}' ({node.op}) cannot be rebuilt in {backend} from "
                         f"its config: {err}") from err
+
+
+def _get_item(node: Node, backend: str) -> Any:
+    """What `x[key]` is called with (node.call holds x's Port and the key): Keras 3's GetItem
+    operation, named after the node so that the name survives a round trip; in tf_keras plain
+    indexing, which records a SlicingOpLambda. Both serialise without code and convert to a
+    TFLite STRIDED_SLICE."""
+    if backend == "keras":
+        from keras.src.ops.numpy import GetItem
+
+        return GetItem(name=node.shared_key or node.name)
+    return _index
+
+
+def _index(x: Any, key: Any) -> Any:
+    """x[key]. A key read back from a .keras file is a list, which Keras 3's GetItem takes as
+    a tuple (TensorFlow would not)."""
+    return x[tuple(key) if isinstance(key, list) else key]
 
 
 def _build_opaque(node: Node, backend: str) -> Any:

@@ -163,6 +163,8 @@ def _is_known_layer(op: Any, api: str) -> bool:
     if api == "keras":
         import keras
 
+        if _is_get_item(op):
+            return True  # a slice (GET_ITEM): the emitter rebuilds it, no object is kept
         layers = keras.layers
     else:
         import tf_keras
@@ -170,6 +172,12 @@ def _is_known_layer(op: Any, api: str) -> bool:
         layers = tf_keras.layers
     kind = type(op).__name__
     return kind != "Lambda" and getattr(layers, kind, None) is type(op)
+
+
+def _is_get_item(op: Any) -> bool:
+    from keras.src.ops.numpy import GetItem
+
+    return type(op) is GetItem
 
 
 def _node_inputs(knode: Any, api: str) -> list:

@@ -13,7 +13,8 @@ itself (zipfile / h5py + json, no Keras deserialisation) and, in safe mode, refu
 * a layer whose class is not a Keras layer kopt can vouch for: built into keras.layers or
   tf_keras.layers, in the caller's `custom_objects`, or registered with
   `keras.saving.register_keras_serializable`; TFSMLayer is refused too (it loads a
-  TensorFlow SavedModel named in the file);
+  TensorFlow SavedModel named in the file). Of Keras 3's raw operations only a tensor
+  slice (GetItem) passes;
 * any stored object naming a non-Keras Python `module`: tf_keras' .keras loader imports
   whatever module a file names and takes objects from it.
 """
@@ -56,6 +57,10 @@ _PURE_TF_FUNCTIONS = frozenset({
     "subtract", "tanh", "tile", "transpose", "unstack", "where", "zeros_like",
     "image.resize", "image.crop_to_bounding_box", "image.pad_to_bounding_box"})
 _REFUSED_LAYERS = {"TFSMLayer": "loads a TensorFlow SavedModel from a path named in the file"}
+# Keras 3 operations (not layers) a stored functional model may call in safe mode: a tensor
+# slice x[key], which kopt's own fuse_horizontal_split writes. Other raw keras.ops calls in a
+# file stay refused.
+_KERAS_OPERATIONS = frozenset({("keras.src.ops.numpy", "GetItem")})
 _MAX_CONFIG_BYTES = 64 << 20
 # A zip member that inflates past both bounds is a decompression bomb (Keras uses the same rule).
 _BOMB_FLOOR_BYTES, _BOMB_RATIO = 256 << 20, 100
@@ -254,6 +259,7 @@ def _is_known_layer(class_name: Any, module: Any, custom_objects: dict) -> bool:
     if not isinstance(class_name, str):
         return False
     return (class_name in _keras_layer_names() or _is_custom(class_name, custom_objects)
+            or (module, class_name) in _KERAS_OPERATIONS
             or _is_keras_package_layer(module, class_name)
             or class_name in _tf_keras_layer_names())  # imports tf_keras: asked last
 

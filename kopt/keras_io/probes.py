@@ -52,9 +52,14 @@ def tensor_values(g: Graph, tensors: list[tuple[str, int]], x: Any,
     from kopt.keras_io.emitter import to_keras
 
     model = to_keras(g)
-    outs = []
-    for name, port in tensors:
-        out = model.get_layer(name).output
-        outs.append(out[port] if isinstance(out, (list, tuple)) else out)
-    tap = keras.Model(model.inputs, outs)
+    tap = keras.Model(model.inputs, [node_output(model, name, port) for name, port in tensors])
     return [np.asarray(v, np.float32) for v in predict_outputs(tap, x, batch_size)]
+
+
+def node_output(model: Any, name: str, port: int = 0) -> Any:
+    """The symbolic output `port` of the layer or operation called `name` in an emitted model,
+    to build a tap model from. get_layer alone would miss a Keras 3 operation that is not a
+    layer (a slice, kopt.ir.ops.GET_ITEM)."""
+    found = [op for op in getattr(model, "operations", []) if op.name == name]
+    out = (found[0] if found else model.get_layer(name)).output
+    return out[port] if isinstance(out, (list, tuple)) else out
