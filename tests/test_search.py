@@ -264,3 +264,37 @@ def test_same_call_same_model(tmp_path, fake_runtime):
     widths = [[(layer.name, layer.get_config().get("filters")) for layer in r.model.layers]
               for r in runs]
     assert widths[0] == widths[1]
+
+
+def test_last_sliver_is_not_cut_by_a_whole_tile(tmp_path, monkeypatch):
+    """Asked for 1.15x, a model whose wide conv steps only in tiles of 32 channels (cutting one
+    tile ends at 1.66x) and whose fine conv steps in tiles of 8: the move that ends within the
+    allowed overshoot is taken, though the score prefers cutting the wide conv."""
+    def time(self, model, shapes):
+        conv = {layer.name: layer.filters for layer in model.layers
+                if isinstance(layer, L.Conv2D)}
+        if "wide" in conv:
+            return OVERHEAD + 0.4 * -(-conv["wide"] // 32)
+        if "fine" in conv:
+            return OVERHEAD + 0.05 * -(-conv["fine"] // 8)
+        return OVERHEAD + 1e-6 * model.count_params()
+
+    monkeypatch.setattr(LatencyModel, "_time", time)
+    monkeypatch.setattr(LatencyModel, "measure", lambda self, m, runs=None: self.predict(m))
+    x = inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(64, 3, padding="same", activation="relu", name="wide")(x)
+    x = L.Conv2D(32, 3, padding="same", activation="relu", name="fine")(x)
+    model = keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+
+    def score(m):  # cutting the wide conv costs nothing, cutting the fine one does
+        return m.get_layer("fine").filters / 32
+
+    res = latency_search(model, Target(speedup=1.15), score, latency=LatencyModel(
+        cache_dir=tmp_path), max_drop=1.0)
+    assert res.reached and 1.15 <= res.speedup <= 1.15 * 1.15, res.message
+    assert res.model.get_layer("wide").filters == 64
+    assert res.model.get_layer("fine").filters == 8
+    # without the overshoot rule the wide conv's tile goes: 1.66x
+    res = latency_search(model, Target(speedup=1.15), score, latency=LatencyModel(
+        cache_dir=tmp_path), max_drop=1.0, overshoot=10.0)
+    assert res.model.get_layer("wide").filters == 32 and res.speedup > 1.6

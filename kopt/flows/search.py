@@ -105,7 +105,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                    criterion: str = "l1", min_gain: float = 0.01, min_channels: int = 4,
                    rules: list[tuple[str, Rule]] | None = None, measure_runs: int = 200,
                    progress: bool = False, shortlists: int = 3,
-                   margin: float = 0.02) -> SearchResult:
+                   margin: float = 0.02, overshoot: float = 0.12) -> SearchResult:
     """Search for the most accurate model meeting `target` (see the module docstring).
 
     score(model) -> validation score (higher is better; max_drop is in its units);
@@ -118,9 +118,11 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     calibration); rules: extra (name, approximate rule) moves offered every iteration;
     shortlists: how many shortlists of top_k moves, in rank order, an iteration may fine-tune
     and measure before it gives up; margin: the search aims this share below the goal, so
-    that measurement noise does not decide whether the target is met. A speed-up's goal is
-    judged against the original measured again once the search thinks it is there: the
-    machine drifts by 2-5% in minutes, more than the noise of one measurement."""
+    that measurement noise does not decide whether the target is met; overshoot: a move
+    predicted to end more than this share past the goal (a whole XNNPACK tile cut when a
+    sliver was left) gives way to smaller moves that do not, when there are any. A
+    speed-up's goal is judged against the original measured again once the search thinks it
+    is there: the machine drifts by 2-5% in minutes, more than the noise of one measurement."""
     lm = latency or LatencyModel(target.runtime, target.threads)
     if (lm.runtime, lm.threads) != (target.runtime, target.threads):
         raise SearchTargetError(f"the latency model times {lm.runtime} with {lm.threads} "
@@ -150,12 +152,9 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                      _standing(it, measured, goal, points[-1].score))
             bar.doing("pricing moves")
             budget = min(cut, predicted - _floor(lm), _remaining(predicted, measured, aim))
-            moves, fallbacks, reach_table = channel_candidates(g, lm, predicted, budget,
-                                                               criterion, calibration,
-                                                               min_channels)
-            rule_moves, rule_fallbacks = rule_candidates(g, lm, predicted, budget, rules or [])
-            short_of_budget = not (moves or rule_moves)
-            moves = (moves + rule_moves) or (fallbacks + rule_fallbacks)
+            moves, short_of_budget, reach_table = _moves(
+                g, lm, predicted, budget, predicted * goal / measured / (1 + overshoot),
+                criterion, calibration, min_channels, rules or [])
             if not moves:
                 stop = "no move is predicted to lower the latency" + _reach_summary(reach_table)
                 break
@@ -206,6 +205,36 @@ def _remaining(predicted: float, measured: float, goal: float, margin: float = 0
     plus a margin for measurement noise: the last iteration cuts no more than it must (NetAdapt
     does the same), since a cut past the goal costs accuracy and buys nothing asked for."""
     return predicted * max(0.0, 1.0 - goal / measured) * (1.0 + margin) + 1e-9
+
+
+def _moves(g: Any, lm: LatencyModel, current: float, budget: float, floor: float,
+           criterion: str, calibration: Any, min_channels: int,
+           rules: list[tuple[str, Rule]]) -> tuple[list[Candidate], bool, list[dict]]:
+    """(the moves to rank, whether they fall short of the budget, the reach table).
+
+    The moves that cut `budget` off the `current` predicted ms without ending below `floor`
+    (the goal less the allowed overshoot, in predicted ms). When every move that gives the
+    budget goes past the floor, as when the sliver left to cut is smaller than any group's
+    next tile, the moves that give a quarter of it and stop short of the floor are taken, and
+    the next iteration cuts the rest: a target of 2x is not met by 3x, whose extra cut costs
+    accuracy nobody asked to spend. Failing those, the moves that go past it. With no move
+    that gives the budget: each group's largest cut and the rules that cut less, those that
+    stop short of the floor if any."""
+    moves, fallbacks, table = channel_candidates(g, lm, current, budget, criterion,
+                                                 calibration, min_channels)
+    rule_moves, rule_fallbacks = rule_candidates(g, lm, current, budget, rules)
+    moves += rule_moves
+    within = [c for c in moves if c.predicted_ms >= floor]
+    if within:
+        return within, False, table
+    if not moves:
+        short = fallbacks + rule_fallbacks
+        return [c for c in short if c.predicted_ms >= floor] or short, True, table
+    quarter, _, _ = channel_candidates(g, lm, current, budget / 4, criterion, calibration,
+                                       min_channels)
+    smaller = [c for c in quarter + fallbacks + rule_fallbacks
+               if floor <= c.predicted_ms <= current - budget / 4]
+    return (smaller, True, table) if smaller else (moves, False, table)
 
 
 def _floor(lm: LatencyModel) -> float:
