@@ -109,6 +109,9 @@ def test_predict_and_measure_run_litert(tmp_path):
     assert predicted > 0 and lm.overhead_ms() > 0
     assert lm.per_layer(model).total_ms == pytest.approx(predicted)
     assert lm.measure(model, runs=3) > 0
+    wider = _blocks(1, width=8, size=6)
+    side = lm.measure_side_by_side([model, wider, model], runs=6, rounds=3)
+    assert len(side) == 3 and all(ms > 0 for ms in side)
 
 
 def test_bad_settings_are_refused(tmp_path):
@@ -178,6 +181,8 @@ def test_bundle_round_trip(tmp_path, as_zip):
         device.predict(_blocks(1, width=4, size=7))  # other shapes: not in the device table
     with pytest.raises(LatencyTableError):
         device.measure(model)
+    with pytest.raises(LatencyTableError):
+        device.measure_side_by_side([model, model])
 
 
 def test_time_bundle_imports_only_litert_numpy_stdlib():

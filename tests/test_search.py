@@ -48,6 +48,8 @@ def fake_runtime(monkeypatch):
 
     monkeypatch.setattr(LatencyModel, "_time", time)
     monkeypatch.setattr(LatencyModel, "measure", measure)
+    monkeypatch.setattr(LatencyModel, "measure_side_by_side",
+                        lambda self, models, runs=None: [measure(self, m) for m in models])
     return state
 
 
@@ -281,6 +283,8 @@ def test_last_sliver_is_not_cut_by_a_whole_tile(tmp_path, monkeypatch):
 
     monkeypatch.setattr(LatencyModel, "_time", time)
     monkeypatch.setattr(LatencyModel, "measure", lambda self, m, runs=None: self.predict(m))
+    monkeypatch.setattr(LatencyModel, "measure_side_by_side",
+                        lambda self, models, runs=None: [self.predict(m) for m in models])
     x = inp = keras.Input((8, 8, 3))
     x = L.Conv2D(64, 3, padding="same", activation="relu", name="wide")(x)
     x = L.Conv2D(32, 3, padding="same", activation="relu", name="fine")(x)

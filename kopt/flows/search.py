@@ -120,7 +120,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     and measure before it gives up; margin: the search aims this share below the goal, so
     that measurement noise does not decide whether the target is met; overshoot: a move
     predicted to end more than this share past the goal (a whole XNNPACK tile cut when a
-    sliver was left) gives way to smaller moves that do not, when there are any. A
+    sliver was left) gives way to the moves that do not, when there are any. A
     speed-up's goal is judged against the original measured again once the search thinks it
     is there: the machine drifts by 2-5% in minutes, more than the noise of one measurement."""
     lm = latency or LatencyModel(target.runtime, target.threads)
@@ -143,9 +143,11 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     # the bar shows the measured ms cut so far out of the cut the goal asks for
     with progress_to(measured - goal, progress, "search") as bar:
         for it in range(1, max_iterations + 1):
-            if measured <= aim and target.speedup is not None:
-                goal = target.goal_ms(lm.measure(model, runs=measure_runs))  # the original,
-                aim = goal * (1.0 - margin)  # now: the ratio of two measurements in a row
+            if measured <= aim and target.speedup is not None:  # the original and the
+                original_ms, measured = lm.measure_side_by_side(  # current model, interleaved
+                    [model, current], runs=measure_runs)
+                goal = target.goal_ms(original_ms)
+                aim = goal * (1.0 - margin)
             if measured <= aim:
                 break
             bar.show(points[0].measured_ms - measured,
@@ -212,29 +214,23 @@ def _moves(g: Any, lm: LatencyModel, current: float, budget: float, floor: float
            rules: list[tuple[str, Rule]]) -> tuple[list[Candidate], bool, list[dict]]:
     """(the moves to rank, whether they fall short of the budget, the reach table).
 
-    The moves that cut `budget` off the `current` predicted ms without ending below `floor`
-    (the goal less the allowed overshoot, in predicted ms). When every move that gives the
-    budget goes past the floor, as when the sliver left to cut is smaller than any group's
-    next tile, the moves that give a quarter of it and stop short of the floor are taken, and
-    the next iteration cuts the rest: a target of 2x is not met by 3x, whose extra cut costs
-    accuracy nobody asked to spend. Failing those, the moves that go past it. With no move
-    that gives the budget: each group's largest cut and the rules that cut less, those that
-    stop short of the floor if any."""
+    The moves that cut `budget` off the `current` predicted ms, less those that end below
+    `floor` (the goal less the allowed overshoot, in predicted ms) when any does not: a
+    target of 2x is not met by 3x, whose extra cut costs accuracy nobody asked to spend. When
+    every one of them goes past it (the sliver left is smaller than any group's next tile),
+    they are all kept: taking smaller moves instead, to cut the rest later, was tried and
+    made it worse (the residual example asked for 2x: three more small cuts, then its stem
+    halved all the same, 3.41x at -0.67 pt against 3.07x at -0.44 pt). With no move that
+    gives the budget: each group's largest cut and the rules that cut less, those that stop
+    short of the floor if any."""
     moves, fallbacks, table = channel_candidates(g, lm, current, budget, criterion,
                                                  calibration, min_channels)
     rule_moves, rule_fallbacks = rule_candidates(g, lm, current, budget, rules)
     moves += rule_moves
-    within = [c for c in moves if c.predicted_ms >= floor]
-    if within:
-        return within, False, table
-    if not moves:
-        short = fallbacks + rule_fallbacks
-        return [c for c in short if c.predicted_ms >= floor] or short, True, table
-    quarter, _, _ = channel_candidates(g, lm, current, budget / 4, criterion, calibration,
-                                       min_channels)
-    smaller = [c for c in quarter + fallbacks + rule_fallbacks
-               if floor <= c.predicted_ms <= current - budget / 4]
-    return (smaller, True, table) if smaller else (moves, False, table)
+    if moves:
+        return [c for c in moves if c.predicted_ms >= floor] or moves, False, table
+    short = fallbacks + rule_fallbacks
+    return [c for c in short if c.predicted_ms >= floor] or short, True, table
 
 
 def _floor(lm: LatencyModel) -> float:
@@ -311,8 +307,9 @@ def _finish(points: list[_Point], steps: list[dict], target: Target, base: float
             break
     chosen = chosen or original
     original_ms = original.measured_ms
-    if chosen is not original:  # the ratio from two measurements taken one after the other:
-        original_ms = lm.measure(original.model, runs=runs)  # the machine drifts in minutes
+    if chosen is not original:  # the ratio from measurements interleaved, side by side
+        original_ms, chosen.measured_ms = lm.measure_side_by_side([original.model,
+                                                                    chosen.model], runs=runs)
     goal = target.goal_ms(original_ms)
     reached = chosen.measured_ms <= goal
     bar.show(original.measured_ms - chosen.measured_ms,

@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from kopt.errors import LatencyTableError, RuntimeChoiceError
 from kopt.ir import Graph, Node
@@ -168,11 +171,35 @@ class LatencyModel:
 
     def measure(self, model_or_graph: Any, runs: int | None = None) -> float:
         """Measured whole-model latency (ms, median of batch-1 calls) on this machine."""
+        return median_ms(self._whole(model_or_graph), self.runs if runs is None else runs)
+
+    def measure_side_by_side(self, models: list[Any], runs: int | None = None,
+                             rounds: int = 5) -> list[float]:
+        """Measured latency (ms) of each model, their runs interleaved in `rounds` rounds (the
+        median of each model's runs; `runs` per model, 200 if neither this nor the model's
+        `runs` says). The machine drifts by a few percent in minutes, so a ratio of two
+        measurements is only as good as the time between them: this is the one to take a
+        speed-up from."""
+        calls = [self._whole(m) for m in models]
+        per_round = max(1, -(-(runs or self.runs or 200) // rounds))
+        times: list[list[float]] = [[] for _ in calls]
+        for call in calls:
+            median_ms(call, runs=1)  # warm-up
+        for _ in range(rounds):
+            for call, spent in zip(calls, times):
+                for _ in range(per_round):
+                    start = time.perf_counter()
+                    call()
+                    spent.append(time.perf_counter() - start)
+        return [float(np.median(spent) * 1e3) for spent in times]
+
+    def _whole(self, model_or_graph: Any) -> Any:
+        """A callable running the whole model once on this machine."""
         self._need_host("a whole model (measure runs it here, not on the device)")
         g = _graph(model_or_graph)
         model = model_or_graph if not isinstance(model_or_graph, Graph) else to_keras(g)
         shapes = [(1,) + tuple(g[n].output_shape[1:]) for n in g.inputs]
-        return median_ms(self.timer.callable(model, shapes), self.runs if runs is None else runs)
+        return self.timer.callable(model, shapes)
 
     # ---- channel steps -----------------------------------------------------------------
     def channel_steps(self, model_or_graph: Any, node: str, widths: list[int] | None = None,
