@@ -73,18 +73,27 @@ def keras_bytes(model: Any, directory: str) -> int:
 def latencies(runners: dict[str, LiteRTRunner], n: int = 600, rounds: int = 6,
               warmup: int = 50) -> dict[str, float]:
     """Median ms of >= n batch-1 invokes per runner, interleaved in `rounds` rounds."""
+    return {k: float(np.median(np.concatenate(v))) for k, v in
+            interleaved_ms(runners, n, rounds, warmup).items()}
+
+
+def interleaved_ms(runners: dict[str, LiteRTRunner], n: int = 600, rounds: int = 6,
+                   warmup: int = 50) -> dict[str, list[np.ndarray]]:
+    """Per runner, the ms of each of >= n batch-1 invokes, one array per round; the rounds
+    interleave the runners, so drift of the machine reaches all of them alike."""
     for r in runners.values():
         r.latency(n=1, warmup=warmup)  # sets a batch-1 input and warms the kernels up
-    times: dict[str, list[float]] = {k: [] for k in runners}
+    times: dict[str, list[np.ndarray]] = {k: [] for k in runners}
     per_round = -(-n // rounds)
     for _ in range(rounds):
         for name, r in runners.items():
-            invoke = r.interpreter.invoke
+            invoke, spent = r.interpreter.invoke, []
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 invoke()
-                times[name].append(time.perf_counter() - t0)
-    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
+                spent.append(time.perf_counter() - t0)
+            times[name].append(np.asarray(spent) * 1e3)
+    return times
 
 
 def tflite_accuracy(runner: LiteRTRunner, x: np.ndarray, y: np.ndarray) -> float:

@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -28,18 +27,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
 def interleaved(runners: dict, runs: int, rounds: int) -> dict[str, list[float]]:
     """Median ms of each round of `runs` invokes, per runner, rounds interleaved."""
-    for r in runners.values():
-        r.latency(n=1, warmup=100)
-    out: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(rounds):
-        for name, r in runners.items():
-            invoke, times = r.interpreter.invoke, []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                invoke()
-                times.append(time.perf_counter() - t0)
-            out[name].append(float(np.median(times) * 1e3))
-    return out
+    from _harness import interleaved_ms
+
+    times = interleaved_ms(runners, runs * rounds, rounds, warmup=100)
+    return {k: [float(np.median(r)) for r in v] for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from collections import defaultdict
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
 BUILDERS = {"mobilenetv2": "MobileNetV2", "resnet50": "ResNet50"}
 
@@ -65,22 +66,12 @@ def per_block(lm, model) -> dict[str, float]:
 
 
 def timed(runners: dict, n: int, rounds: int) -> tuple[dict, dict]:
-    """Median ms per runner over n interleaved invokes, and the spread of the round medians."""
-    for r in runners.values():
-        r.latency(n=1, warmup=20)
-    times: dict[str, list[list[float]]] = {k: [] for k in runners}
-    per_round = -(-n // rounds)
-    for _ in range(rounds):
-        for name, r in runners.items():
-            invoke, run = r.interpreter.invoke, []
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                invoke()
-                run.append(time.perf_counter() - t0)
-            times[name].append(run)
-    median = {k: float(np.median(sum(v, [])) * 1e3) for k, v in times.items()}
-    spread = {k: [float(np.median(r) * 1e3) for r in v] for k, v in times.items()}
-    return median, spread
+    """Median ms per runner over n interleaved invokes, and the median of each round."""
+    from _harness import interleaved_ms
+
+    times = interleaved_ms(runners, n, rounds, warmup=20)
+    return ({k: float(np.median(np.concatenate(v))) for k, v in times.items()},
+            {k: [float(np.median(r)) for r in v] for k, v in times.items()})
 
 
 def compare(name: str, args: argparse.Namespace, lm) -> dict:
