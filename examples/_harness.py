@@ -24,6 +24,7 @@ from kopt.flows.compress import compress
 from kopt.flows.distill import recalibrate_bn
 from kopt.flows.data import digits_splits
 from kopt.runtime import LiteRTRunner, export_tflite
+from kopt.runtime.clock import interleaved_ms as clock_interleaved
 from kopt.keras_io import from_keras
 
 JSON_KEYS = ("params_before", "params_after", "acc_before", "acc_after", "bytes_float_before",
@@ -80,20 +81,13 @@ def latencies(runners: dict[str, LiteRTRunner], n: int = 600, rounds: int = 6,
 def interleaved_ms(runners: dict[str, LiteRTRunner], n: int = 600, rounds: int = 6,
                    warmup: int = 50) -> dict[str, list[np.ndarray]]:
     """Per runner, the ms of each of >= n batch-1 invokes, one array per round; the rounds
-    interleave the runners, so drift of the machine reaches all of them alike."""
+    interleave the runners (kopt.runtime.clock.interleaved_ms), so drift of the machine
+    reaches all of them alike."""
     for r in runners.values():
         r.latency(n=1, warmup=warmup)  # sets a batch-1 input and warms the kernels up
-    times: dict[str, list[np.ndarray]] = {k: [] for k in runners}
-    per_round = -(-n // rounds)
-    for _ in range(rounds):
-        for name, r in runners.items():
-            invoke, spent = r.interpreter.invoke, []
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                invoke()
-                spent.append(time.perf_counter() - t0)
-            times[name].append(np.asarray(spent) * 1e3)
-    return times
+    times = clock_interleaved([r.interpreter.invoke for r in runners.values()],
+                              -(-n // rounds), rounds)
+    return dict(zip(runners, times))
 
 
 def tflite_accuracy(runner: LiteRTRunner, x: np.ndarray, y: np.ndarray) -> float:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from kopt.runtime.channel_steps import (
     narrowed,
     sweep_widths,
 )
-from kopt.runtime.clock import median_ms
+from kopt.runtime.clock import interleaved_ms, median_ms
 from kopt.runtime.groups import fused_group, fused_groups, group_desc, group_key, sub_graph
 from kopt.runtime.latency_table import LatencyTable
 from kopt.runtime.timer import Timer, trivial_model
@@ -181,17 +180,11 @@ class LatencyModel:
         measurements is only as good as the time between them: this is the one to take a
         speed-up from."""
         calls = [self._whole(m) for m in models]
-        per_round = max(1, -(-(runs or self.runs or 200) // rounds))
-        times: list[list[float]] = [[] for _ in calls]
         for call in calls:
             median_ms(call, runs=1)  # warm-up
-        for _ in range(rounds):
-            for call, spent in zip(calls, times):
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    call()
-                    spent.append(time.perf_counter() - start)
-        return [float(np.median(spent) * 1e3) for spent in times]
+        per_round = max(1, -(-(runs or self.runs or 200) // rounds))
+        return [float(np.median(np.concatenate(spent)))
+                for spent in interleaved_ms(calls, per_round, rounds)]
 
     def _whole(self, model_or_graph: Any) -> Any:
         """A callable running the whole model once on this machine."""
