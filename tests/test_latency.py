@@ -64,9 +64,37 @@ def test_cache_hit_does_not_retime(tmp_path, fake_timer):
     again = LatencyModel(cache_dir=tmp_path)  # a new process would read the same file
     assert again.predict(model) == pytest.approx(first)
     assert again.timed == 0 and len(fake_timer) == 4
-    saved = json.loads(lm.path.read_text())
-    assert saved["meta"]["cpu"] == cpu_model() and saved["meta"]["litert"] == litert_version()
-    assert len(saved["entries"]) == 3 and saved["overhead_ms"] == pytest.approx(OVERHEAD)
+    header, *records = [json.loads(line) for line in lm.path.read_text().splitlines()]
+    assert header["meta"]["cpu"] == cpu_model() and header["meta"]["litert"] == litert_version()
+    assert len([r for r in records if "key" in r]) == 3
+    assert [r["overhead_ms"] for r in records if "overhead_ms" in r] == [
+        pytest.approx(OVERHEAD)]
+
+
+def test_tables_appended_side_by_side_and_old_format_moved(tmp_path, fake_timer):
+    """Two processes sharing a table append without losing each other's entries; a line a
+    killed writer cut short is skipped; a table in the old one-object format is moved."""
+    first, second = LatencyModel(cache_dir=tmp_path), LatencyModel(cache_dir=tmp_path)
+    first.predict(_blocks(1))
+    second.predict(_blocks(1, width=4))  # other shapes: entries of its own
+    assert not set(first.table.entries) & set(second.table.entries)
+    with open(first.path, "a") as f:
+        f.write('{"key": "cut sho')
+    merged = LatencyModel(cache_dir=tmp_path)
+    assert set(first.table.entries) | set(second.table.entries) == set(merged.table.entries)
+    assert merged.predict(_blocks(1)) == pytest.approx(first.predict(_blocks(1)))
+    assert merged.timed == 0
+
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    old = merged.path.name.replace(".jsonl", ".json")
+    (old_dir / old).write_text(json.dumps({
+        "format": "kopt-latency-table/1", "meta": merged.table.meta,
+        "overhead_ms": merged.table.overhead_ms, "entries": merged.table.entries}))
+    moved = LatencyModel(cache_dir=old_dir)
+    assert moved.path.suffix == ".jsonl" and moved.path.exists()
+    assert moved.predict(_blocks(1)) == pytest.approx(first.predict(_blocks(1)))
+    assert moved.timed == 0 and moved.table.entries == merged.table.entries
 
 
 def test_cache_keyed_by_runtime_and_threads(tmp_path, fake_timer):
@@ -76,7 +104,8 @@ def test_cache_keyed_by_runtime_and_threads(tmp_path, fake_timer):
         lm = LatencyModel(runtime, threads=threads, cache_dir=tmp_path)
         lm.predict(model)
         assert lm.timed == 3, (runtime, threads)  # nothing borrowed from another table
-        assert json.loads(lm.path.read_text())["meta"]["threads"] == threads
+        header = json.loads(lm.path.read_text().splitlines()[0])
+        assert header["meta"]["threads"] == threads
         paths.add(lm.path)
     assert len(paths) == 3
     assert {(r, t) for r, t, _ in fake_timer} == {("litert-int8", 1), ("litert-int8", 2),
