@@ -71,10 +71,10 @@ def test_candidates_snap_to_measured_steps(tmp_path, fake_runtime):
     lm = LatencyModel(cache_dir=tmp_path)
     group = next(gr for gr in channel_groups(g) if gr.key == "c1")
     assert step_widths(lm, g, group) == [24, 16, 8]  # tiles of 8: widths in between buy nothing
-    moves, _, table = channel_candidates(g, lm, lm.predict(g), cut_ms=0.05)
+    found = channel_candidates(g, lm, lm.predict(g), cut_ms=0.05)
     # tiles of 8: 28 channels cost what 32 do, so the smallest cut that gives 0.05 ms is 24
-    assert {m.info["width"] for m in moves} == {24}
-    assert {row["group"] for row in table} == {"c1", "c2"}
+    assert {m.info["width"] for m in found.moves} == {24}
+    assert {row["group"] for row in found.table} == {"c1", "c2"}
 
 
 def test_candidates_count_what_follows_a_group(tmp_path, monkeypatch):
@@ -92,8 +92,26 @@ def test_candidates_count_what_follows_a_group(tmp_path, monkeypatch):
     x = L.Conv2D(8, 1, name="project")(x)
     g = from_keras(keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D()(x))))
     lm = LatencyModel(cache_dir=tmp_path)
-    moves, _, _ = channel_candidates(g, lm, lm.predict(g), cut_ms=0.15)
-    assert [(m.info["group"], m.info["width"]) for m in moves] == [("expand", 16)]
+    found = channel_candidates(g, lm, lm.predict(g), cut_ms=0.15)
+    assert [(m.info["group"], m.info["width"]) for m in found.moves] == [("expand", 16)]
+
+
+def test_groups_too_small_for_a_step_are_cut_together(tmp_path, fake_runtime):
+    """Four convs of two tiles each: no group alone gives a step of 30% of the latency, so
+    the iteration takes several groups' first tiles together, not one group's narrowest:
+    with the score no different, the larger cut goes first."""
+    x = inp = keras.Input((8, 8, 3))
+    for i in range(4):
+        x = L.Conv2D(16, 1, activation="relu", name=f"c{i}")(x)
+    model = keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+    lm = LatencyModel(cache_dir=tmp_path)
+    res = latency_search(model, Target(speedup=1.4), lambda m: 1.0, latency=lm, max_drop=1.0,
+                         measure_runs=1, step=0.3, max_iterations=1)
+    first = next(s for s in res.steps[1:] if s["kept"])
+    assert first["step"].count("->") >= 3, first["step"]  # three groups' first tiles at once
+    assert res.reached
+    widths = [layer.filters for layer in res.model.layers if isinstance(layer, L.Conv2D)]
+    assert sorted(widths) in ([8, 8, 8, 16], [8, 8, 8, 8])
 
 
 def test_search_reaches_a_speedup(tmp_path, fake_runtime):
