@@ -320,3 +320,35 @@ def test_last_sliver_is_not_cut_by_a_whole_tile(tmp_path, monkeypatch):
     res = latency_search(model, Target(speedup=1.15), score, latency=LatencyModel(
         cache_dir=tmp_path), max_drop=1.0, overshoot=10.0)
     assert res.model.get_layer("wide").filters == 32 and res.speedup > 1.6
+
+
+def test_overshooting_last_cut_is_made_on_an_earlier_model(tmp_path, monkeypatch):
+    """Asked for 1.6x: cutting the fine conv costs nothing in score, so the greedy path halves
+    it first (1.1x); then the only cut that gives the next step, the wide conv's tile, would
+    end near 2x. Made on the original instead it ends at 1.66x: that is what comes back."""
+    def time(self, model, shapes):
+        conv = {layer.name: layer.filters for layer in model.layers
+                if isinstance(layer, L.Conv2D)}
+        if "wide" in conv:
+            return OVERHEAD + 0.4 * -(-conv["wide"] // 32)
+        if "fine" in conv:
+            return OVERHEAD + 0.05 * -(-conv["fine"] // 8)
+        return OVERHEAD + 1e-6 * model.count_params()
+
+    monkeypatch.setattr(LatencyModel, "_time", time)
+    monkeypatch.setattr(LatencyModel, "measure", lambda self, m, runs=None: self.predict(m))
+    monkeypatch.setattr(LatencyModel, "measure_side_by_side",
+                        lambda self, models, runs=None: [self.predict(m) for m in models])
+    x = inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(64, 3, padding="same", activation="relu", name="wide")(x)
+    x = L.Conv2D(32, 3, padding="same", activation="relu", name="fine")(x)
+    model = keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+
+    def score(m):  # cutting the fine conv costs nothing, cutting the wide one does
+        return m.get_layer("wide").filters / 64
+
+    res = latency_search(model, Target(speedup=1.6), score, latency=LatencyModel(
+        cache_dir=tmp_path), max_drop=1.0)
+    assert res.reached and 1.6 <= res.speedup <= 1.6 * 1.15, res.message
+    assert (res.model.get_layer("wide").filters, res.model.get_layer("fine").filters) == (32, 32)
+    assert any("(from original)" in s["step"] and s["kept"] for s in res.steps)

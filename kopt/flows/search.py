@@ -7,11 +7,13 @@ it (kopt.flows.candidates; channel counts snapped to the steps of the measured l
 Candidates are ranked cheaply first, by their output error on calibration samples; only the
 `top_k` best are fine-tuned briefly and scored on validation, and the best-scoring one is run
 on the runtime: it is kept only when its *measured* latency is lower than the current model's
-by `min_gain`, whatever it does to parameters or MACs (else the next one is tried). Iterations
-stop when the measured latency meets the target, or when no move lowers it. The last model gets
-a longer distillation; if it then scores more than `max_drop` below the original, the fastest
-kept model that is within it is returned instead, and the result says plainly that the target
-was not reached and what was.
+by `min_gain`, whatever it does to parameters or MACs (else the next one is tried). Where no
+single move gives an iteration's cut, several groups' first cuts are offered together; where
+every move that does ends well past the goal, the same cut made on an earlier kept model is
+tried first. Iterations stop when the measured latency meets the target, or when no move
+lowers it. The last model gets a longer distillation; if it then scores more than `max_drop`
+below the original, the fastest kept model that is within it is returned instead, and the
+result says plainly that the target was not reached and what was.
 
 The evaluation is passed in (score, finetune), so the loop does not depend on the form of the
 data: `accuracy_scorer` and `distiller` build them from arrays; kopt.flows.targeted builds them
@@ -33,9 +35,11 @@ from kopt.flows.candidates import (
     Candidate,
     channel_candidates,
     combined_move,
+    prune_to,
     rule_candidates,
 )
 from kopt.flows.distill import retrain
+from kopt.ir.channels import channel_groups
 from kopt.keras_io import from_keras, to_keras
 from kopt.keras_io.probes import predict_outputs
 from kopt.progress import GoalBar, progress_to, say
@@ -125,7 +129,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     and measure before it gives up; margin: the search aims this share below the goal, so
     that measurement noise does not decide whether the target is met; overshoot: a move
     predicted to end more than this share past the goal (a whole XNNPACK tile cut when a
-    sliver was left) gives way to the moves that do not, when there are any. A
+    sliver was left) gives way to the moves that do not, when there are any, or to such a cut
+    made on an earlier model (_backtrack). A
     speed-up's goal is judged against the original measured again once the search thinks it
     is there: the machine drifts by 2-5% in minutes, more than the noise of one measurement."""
     lm = latency or LatencyModel(target.runtime, target.threads)
@@ -159,9 +164,9 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                      _standing(it, measured, goal, points[-1].score))
             bar.doing("pricing moves")
             budget = min(cut, predicted - _floor(lm), _remaining(predicted, measured, aim))
-            moves, first_cuts, reach_table = _moves(
-                g, lm, predicted, budget, predicted * goal / measured / (1 + overshoot),
-                criterion, calibration, min_channels, rules or [])
+            floor = predicted * goal / measured / (1 + overshoot)
+            moves, first_cuts, reach_table = _moves(g, lm, predicted, budget, floor, criterion,
+                                                    calibration, min_channels, rules or [])
             if not moves:
                 stop = "no move is predicted to lower the latency" + _reach_summary(reach_table)
                 break
@@ -171,11 +176,18 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
             if short:
                 bar.doing("combining the groups' first cuts")
                 _combine(g, lm, predicted, budget, moves, first_cuts, reference, calibration)
-            accepted = None
             # the next-ranked moves get their turn when none of a shortlist measures faster:
             # the prediction ranks them, but only the runtime decides
-            for start in range(0, min(len(moves), top_k * shortlists), max(1, top_k)):
-                for cand in _shortlist(moves[start:], top_k, current, finetune, short_epochs,
+            tries = [(moves[start:], top_k) for start in
+                     range(0, min(len(moves), top_k * shortlists), max(1, top_k))]
+            if not short and all(c.predicted_ms < floor for c in moves):
+                bar.doing("looking for the last cut from an earlier model")
+                back = _backtrack(points, moves, lm, floor, predicted * aim / measured,
+                                  criterion, calibration)
+                tries = ([([back], 1)] if back is not None else []) + tries
+            accepted = None
+            for batch, k in tries:
+                for cand in _shortlist(batch, k, current, finetune, short_epochs,
                                        score, bar, predicted if short else None,
                                        points[-1].score):
                     bar.doing(f"measuring {cand.name}")
@@ -260,6 +272,36 @@ def _combine(g: Any, lm: LatencyModel, current: float, budget: float, ranked: li
         move.error = max_relative_error(reference, _outputs(move.model, calibration))
     ranked.append(move)
     ranked.sort(key=lambda c: _per_ms(c, current, reference is not None))
+
+
+def _backtrack(points: list[_Point], moves: list[Candidate], lm: LatencyModel, floor: float,
+               aim: float, criterion: str, calibration: Any) -> Candidate | None:
+    """When every move that gives the iteration's cut ends past the goal by more than the
+    overshoot allowed (floor, in predicted ms): one of those channel cuts made on an earlier
+    kept model instead, if it lands there between the floor and the aim, the latest such model
+    first (it keeps the most work done).
+
+    The residual example asked for 2x: its greedy path halved a block conv and merged a block
+    (1.75x), and the only move left, the stem halved, ended at 3x; the stem halved on the
+    original lands at 2.12x. The model it returns has fewer cuts than the current one, so it
+    is tried first, alone; it must still measure faster than the current model."""
+    cuts = [c for c in moves if "group" in c.info]
+    for index in range(len(points) - 2, -1, -1):
+        earlier = from_keras(points[index].model)
+        groups = {gr.key: gr for gr in channel_groups(earlier) if gr.prunable}
+        for cut in sorted(cuts, key=lambda c: -c.predicted_ms):
+            group = groups.get(cut.info["group"])
+            if group is None or len(group) <= cut.info["width"]:
+                continue
+            graph = prune_to(earlier, group, cut.info["width"], criterion, calibration)
+            predicted = lm.predict(graph)
+            if floor <= predicted <= aim:
+                name = (f"prune {group.key} {len(group)}->{cut.info['width']} "
+                        f"(from {points[index].name})")
+                return Candidate(name, graph, predicted,
+                                 info={"group": group.key, "width": cut.info["width"],
+                                       "channels": len(group), "from": index})
+    return None
 
 
 def _floor(lm: LatencyModel) -> float:
