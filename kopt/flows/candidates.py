@@ -132,9 +132,10 @@ def channel_candidates(g: Graph, lm: LatencyModel, current_ms: float, cut_ms: fl
 
 
 def combined_move(g: Graph, lm: LatencyModel, current_ms: float, cut_ms: float,
-                  cuts: list[Candidate]) -> Candidate | None:
+                  cuts: list[Candidate], floor_ms: float = 0.0) -> Candidate | None:
     """Channel cuts of several groups taken together, in the order given (the least harmful
-    first), until their predicted cut reaches cut_ms; None when fewer than two are taken.
+    first), until their predicted cut reaches cut_ms, passing over a cut that would take the
+    prediction below floor_ms (past the goal); None when fewer than two are taken.
 
     For models of many small groups (MobileNetV2's two dozen), where no group alone gives an
     iteration's cut: one group taken down to its narrowest width cut 5% per iteration and cost
@@ -147,9 +148,12 @@ def combined_move(g: Graph, lm: LatencyModel, current_ms: float, cut_ms: float,
         group = next((gr for gr in channel_groups(out) if gr.key == info.get("group")), None)
         if group is None or len(group) != info["channels"] or info.get("order") is None:
             continue
-        out = prune_to(out, group, info["width"], order=info["order"])
+        trial = prune_to(out, group, info["width"], order=info["order"])
+        trial_ms = lm.predict(trial)
+        if trial_ms < floor_ms:
+            continue
+        out, predicted = trial, trial_ms
         taken.append(cut)
-        predicted = lm.predict(out)
         if current_ms - predicted >= cut_ms:
             break
     if len(taken) < 2 or predicted >= current_ms:
