@@ -307,14 +307,17 @@ def _backtrack(points: list[_Point], moves: list[Candidate], lm: LatencyModel, f
                aim: float, criterion: str, calibration: Any) -> Candidate | None:
     """When every move that gives the iteration's cut ends past the goal by more than the
     overshoot allowed (floor, in predicted ms): one of those channel cuts made on an earlier
-    kept model instead, if it lands there between the floor and the aim, the latest such model
-    first (it keeps the most work done).
+    kept model instead. The first, the latest model first (it keeps the most work done), that
+    lands between the floor and the aim; else the first that lands between the floor and the
+    current model, from which the search goes on (each kept model measures faster than the
+    one before, so it cannot go round in circles).
 
     The residual example asked for 2x: its greedy path halved a block conv and merged a block
     (1.75x), and the only move left, the stem halved, ended at 3x; the stem halved on the
-    original lands at 2.12x. The model it returns has fewer cuts than the current one, so it
-    is tried first, alone; it must still measure faster than the current model."""
+    original gives 1.85x, and the block merge after it 2.12x."""
     cuts = [c for c in moves if "group" in c.info]
+    current = points[-1].predicted_ms
+    fallback = None
     for index in range(len(points) - 2, -1, -1):
         earlier = from_keras(points[index].model)
         groups = {gr.key: gr for gr in channel_groups(earlier) if gr.prunable}
@@ -324,13 +327,16 @@ def _backtrack(points: list[_Point], moves: list[Candidate], lm: LatencyModel, f
                 continue
             graph = prune_to(earlier, group, cut.info["width"], criterion, calibration)
             predicted = lm.predict(graph)
-            if floor <= predicted <= aim:
-                name = (f"prune {group.key} {len(group)}->{cut.info['width']} "
-                        f"(from {points[index].name})")
-                return Candidate(name, graph, predicted,
-                                 info={"group": group.key, "width": cut.info["width"],
-                                       "channels": len(group), "from": index})
-    return None
+            if not floor <= predicted < current:
+                continue
+            move = Candidate(f"prune {group.key} {len(group)}->{cut.info['width']} (from "
+                             f"{points[index].name})", graph, predicted,
+                             info={"group": group.key, "width": cut.info["width"],
+                                   "channels": len(group), "from": index})
+            if predicted <= aim:
+                return move
+            fallback = fallback or move
+    return fallback
 
 
 def _floor(lm: LatencyModel) -> float:
