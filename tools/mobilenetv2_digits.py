@@ -174,10 +174,6 @@ def main() -> int:
 
     seconds = {name: round(t - clock[i][1], 1) for i, (name, t) in enumerate(clock[1:])}
     seconds["total"] = round(clock[-1][1] - clock[0][1], 1)
-    print_steps(steps)
-    print_table(params, macs, keras_acc, rows)
-    print(f"\nkopt.optimize data: {data_form}; phases, s: "
-          + ", ".join(f"{k} {v}" for k, v in seconds.items()))
     if args.json:
         result = dict(
             model=f"MobileNetV2(alpha={ALPHA}, {SIZE}x{SIZE}x3)", data_form=data_form,
@@ -193,16 +189,23 @@ def main() -> int:
                 "int8_before"]["bytes"], bytes_after=rows["int8_after"]["bytes"],
             ms_float_before=ms["float"], ms_int8_before=ms["int8_before"],
             ms_int8_after=ms["int8_after"], seconds=seconds, steps=steps, args=vars(args))
-        with open(args.json, "w") as f:
+        with open(args.json, "w") as f:  # written first: the numbers outlive a print bug
             json.dump(result, f, indent=2, default=str)
+    print_steps(steps)
+    print_table(params, macs, keras_acc, rows)
+    print(f"\nkopt.optimize data: {data_form}; phases, s: "
+          + ", ".join(f"{k} {v}" for k, v in seconds.items()))
     return 0
 
 
 def print_steps(steps: list[dict]) -> None:
-    print(f"\n{'step':<26}{'params':>10}{'MACs':>12}{'val acc':>9}  kept")
+    """The steps of either flow: the fixed recipe's rows say val_acc, the search's val_score
+    (with its predicted and measured ms)."""
+    print(f"\n{'step':<44}{'params':>10}{'MACs':>12}{'val acc':>9}{'meas ms':>9}  kept")
     for s in steps:
-        print(f"{s['step']:<26}{s['params']:>10}{s['macs']:>12}{s['val_acc']:>9.4f}  "
-              f"{'yes' if s['kept'] else 'no'}")
+        val = s.get("val_acc", s.get("val_score"))
+        print(f"{s['step'][:43]:<44}{s['params']:>10}{s['macs']:>12}{_f(val, '>9.4f'):>9}"
+              f"{_f(s.get('measured_ms'), '>9.4f'):>9}  {'yes' if s['kept'] else 'no'}")
 
 
 def print_table(params: dict, macs: dict, keras_acc: dict, rows: dict) -> None:
