@@ -286,27 +286,38 @@ def test_same_call_same_model(tmp_path, fake_runtime):
     assert widths[0] == widths[1]
 
 
-def test_last_sliver_is_not_cut_by_a_whole_tile(tmp_path, monkeypatch):
-    """Asked for 1.15x, a model whose wide conv steps only in tiles of 32 channels (cutting one
-    tile ends at 1.66x) and whose fine conv steps in tiles of 8: the move that ends within the
-    allowed overshoot is taken, though the score prefers cutting the wide conv."""
+@pytest.fixture
+def coarse_and_fine_tiles(monkeypatch):
+    """Group time: a conv named "wide" costs 0.4 ms per started tile of 32 output channels,
+    any other conv 0.05 ms per tile of 8, anything else 1 ns per parameter; measure() returns
+    the prediction."""
     def time(self, model, shapes):
-        conv = {layer.name: layer.filters for layer in model.layers
-                if isinstance(layer, L.Conv2D)}
-        if "wide" in conv:
-            return OVERHEAD + 0.4 * -(-conv["wide"] // 32)
-        if "fine" in conv:
-            return OVERHEAD + 0.05 * -(-conv["fine"] // 8)
+        conv = [layer for layer in model.layers if isinstance(layer, L.Conv2D)]
+        if conv and conv[0].name == "wide":
+            return OVERHEAD + 0.4 * -(-conv[0].filters // 32)
+        if conv:
+            return OVERHEAD + 0.05 * -(-conv[0].filters // 8)
         return OVERHEAD + 1e-6 * model.count_params()
 
     monkeypatch.setattr(LatencyModel, "_time", time)
     monkeypatch.setattr(LatencyModel, "measure", lambda self, m, runs=None: self.predict(m))
     monkeypatch.setattr(LatencyModel, "measure_side_by_side",
                         lambda self, models, runs=None: [self.predict(m) for m in models])
+
+
+def _wide_and_fine():
+    """A 64-channel "wide" conv (two coarse tiles) and a 32-channel "fine" one (four fine)."""
     x = inp = keras.Input((8, 8, 3))
     x = L.Conv2D(64, 3, padding="same", activation="relu", name="wide")(x)
     x = L.Conv2D(32, 3, padding="same", activation="relu", name="fine")(x)
-    model = keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+    return keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+
+
+def test_last_sliver_is_not_cut_by_a_whole_tile(tmp_path, coarse_and_fine_tiles):
+    """Asked for 1.15x, a model whose wide conv steps only in tiles of 32 channels (cutting one
+    tile ends at 1.66x) and whose fine conv steps in tiles of 8: the move that ends within the
+    allowed overshoot is taken, though the score prefers cutting the wide conv."""
+    model = _wide_and_fine()
 
     def score(m):  # cutting the wide conv costs nothing, cutting the fine one does
         return m.get_layer("fine").filters / 32
@@ -322,27 +333,11 @@ def test_last_sliver_is_not_cut_by_a_whole_tile(tmp_path, monkeypatch):
     assert res.model.get_layer("wide").filters == 32 and res.speedup > 1.6
 
 
-def test_overshooting_last_cut_is_made_on_an_earlier_model(tmp_path, monkeypatch):
+def test_overshooting_last_cut_is_made_on_an_earlier_model(tmp_path, coarse_and_fine_tiles):
     """Asked for 1.6x: cutting the fine conv costs nothing in score, so the greedy path halves
     it first (1.1x); then the only cut that gives the next step, the wide conv's tile, would
     end near 2x. Made on the original instead it ends at 1.66x: that is what comes back."""
-    def time(self, model, shapes):
-        conv = {layer.name: layer.filters for layer in model.layers
-                if isinstance(layer, L.Conv2D)}
-        if "wide" in conv:
-            return OVERHEAD + 0.4 * -(-conv["wide"] // 32)
-        if "fine" in conv:
-            return OVERHEAD + 0.05 * -(-conv["fine"] // 8)
-        return OVERHEAD + 1e-6 * model.count_params()
-
-    monkeypatch.setattr(LatencyModel, "_time", time)
-    monkeypatch.setattr(LatencyModel, "measure", lambda self, m, runs=None: self.predict(m))
-    monkeypatch.setattr(LatencyModel, "measure_side_by_side",
-                        lambda self, models, runs=None: [self.predict(m) for m in models])
-    x = inp = keras.Input((8, 8, 3))
-    x = L.Conv2D(64, 3, padding="same", activation="relu", name="wide")(x)
-    x = L.Conv2D(32, 3, padding="same", activation="relu", name="fine")(x)
-    model = keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+    model = _wide_and_fine()
 
     def score(m):  # cutting the fine conv costs nothing, cutting the wide one does
         return m.get_layer("wide").filters / 64
@@ -354,22 +349,10 @@ def test_overshooting_last_cut_is_made_on_an_earlier_model(tmp_path, monkeypatch
     assert any("(from original)" in s["step"] and s["kept"] for s in res.steps)
 
 
-def test_small_cuts_together_land_where_the_one_big_cut_overshoots(tmp_path, monkeypatch):
+def test_small_cuts_together_land_where_the_one_big_cut_overshoots(tmp_path, coarse_and_fine_tiles):
     """Asked for 1.12x, the only move that gives the cut alone is the wide conv's tile (1.56x);
     the three fine convs' first tiles taken together give it and land within the overshoot
     allowed, so they are tried first."""
-    def time(self, model, shapes):
-        conv = [layer for layer in model.layers if isinstance(layer, L.Conv2D)]
-        if conv and conv[0].name == "wide":
-            return OVERHEAD + 0.4 * -(-conv[0].filters // 32)
-        if conv:
-            return OVERHEAD + 0.05 * -(-conv[0].filters // 8)
-        return OVERHEAD + 1e-6 * model.count_params()
-
-    monkeypatch.setattr(LatencyModel, "_time", time)
-    monkeypatch.setattr(LatencyModel, "measure", lambda self, m, runs=None: self.predict(m))
-    monkeypatch.setattr(LatencyModel, "measure_side_by_side",
-                        lambda self, models, runs=None: [self.predict(m) for m in models])
     x = inp = keras.Input((8, 8, 3))
     x = L.Conv2D(64, 1, activation="relu", name="wide")(x)
     for i in range(3):

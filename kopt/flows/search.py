@@ -184,8 +184,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                      range(0, min(len(moves), top_k * shortlists), max(1, top_k))]
             if not short and all(c.predicted_ms < floor for c in moves):
                 bar.doing("looking for a cut that lands within the overshoot allowed")
-                landings = _landings(points, moves, found.first_cuts, g, current, lm,
-                                     predicted, budget, floor, predicted * aim / measured,
+                landings = _landings(points, moves, found.first_cuts, g, current, reference,
+                                     lm, predicted, budget, floor, predicted * aim / measured,
                                      criterion, calibration)
                 tries = ([(landings, len(landings))] if landings else []) + tries
             accepted = None
@@ -282,8 +282,9 @@ def _combined(g: Any, lm: LatencyModel, current: float, budget: float, floor: fl
 
 
 def _landings(points: list[_Point], moves: list[Candidate], first_cuts: list[Candidate],
-              g: Any, model: Any, lm: LatencyModel, current: float, budget: float,
-              floor: float, aim: float, criterion: str, calibration: Any) -> list[Candidate]:
+              g: Any, model: Any, reference: Any, lm: LatencyModel, current: float,
+              budget: float, floor: float, aim: float, criterion: str, calibration: Any
+              ) -> list[Candidate]:
     """When every move that gives the iteration's cut ends past the goal by more than the
     overshoot allowed (floor, in predicted ms), the moves that land between the floor and
     the aim instead, to be tried first: one of those channel cuts made on an earlier kept
@@ -296,7 +297,7 @@ def _landings(points: list[_Point], moves: list[Candidate], first_cuts: list[Can
         found.append(back)
     if len(first_cuts) > 1:
         ranked = list(first_cuts)
-        reference = _rank(ranked, model, calibration, current)
+        _rank(ranked, model, calibration, current, reference)
         move = _combined(g, lm, current, budget, floor, ranked, reference, calibration)
         if move is not None and move.predicted_ms <= current - budget:
             found.append(move)
@@ -345,17 +346,19 @@ def _floor(lm: LatencyModel) -> float:
 
 
 def _rank(moves: list[Candidate], current: Any, calibration: Any,
-          per_ms_from: float | None = None) -> Any:
+          per_ms_from: float | None = None, reference: Any = None) -> Any:
     """Cheapest estimate first: output error on calibration samples against the current model
     (without calibration data: the predicted latency, fastest first). Moves that all give the
     iteration's budget compare by error alone; when none does (per_ms_from: the current
     predicted ms), each cuts what it can, so they compare by error per predicted ms cut:
     else the search would crawl through the smallest cuts, the least harmful ones. Returns
-    the current model's outputs on the calibration samples (None without them)."""
+    the current model's outputs on the calibration samples (None without them; `reference`:
+    those outputs already computed)."""
     if calibration is None:
         moves.sort(key=lambda c: c.predicted_ms)
         return None
-    reference = _outputs(current, calibration)
+    if reference is None:
+        reference = _outputs(current, calibration)
     for cand in moves:
         cand.model = to_keras(cand.graph)
         cand.error = max_relative_error(reference, _outputs(cand.model, calibration))
