@@ -139,8 +139,10 @@ def test_predict_and_measure_run_litert(tmp_path):
     assert lm.per_layer(model).total_ms == pytest.approx(predicted)
     assert lm.measure(model, runs=3) > 0
     wider = _blocks(1, width=8, size=6)
-    side = lm.measure_side_by_side([model, wider, model], runs=6, rounds=3)
+    runner = lm.runner(model)  # converted once, measured again without converting
+    side = lm.measure_side_by_side([runner, wider, model], runs=6, rounds=3)
     assert len(side) == 3 and all(ms > 0 for ms in side)
+    assert lm.measure(runner, runs=3) > 0
 
 
 def test_bad_settings_are_refused(tmp_path):

@@ -33,7 +33,8 @@ def _params(model_or_graph):
 @pytest.fixture
 def fake_runtime(monkeypatch):
     """Group time: 0.1 ms per started tile of 8 output channels of a conv, else 1 ns per
-    parameter; measure() returns the prediction (or what `measured` says)."""
+    parameter; measure() returns the prediction (or what `measured` says) of the model itself
+    (runner() hands the model back)."""
     state = {"measured": None}
 
     def time(self, model, shapes):
@@ -48,6 +49,7 @@ def fake_runtime(monkeypatch):
 
     monkeypatch.setattr(LatencyModel, "_time", time)
     monkeypatch.setattr(LatencyModel, "measure", measure)
+    monkeypatch.setattr(LatencyModel, "runner", lambda self, m: m)
     monkeypatch.setattr(LatencyModel, "measure_side_by_side",
                         lambda self, models, runs=None: [measure(self, m) for m in models])
     return state
@@ -126,6 +128,31 @@ def test_search_reaches_a_speedup(tmp_path, fake_runtime):
     assert all(w % 8 == 0 for w in widths)  # snapped to the tiles
 
 
+def test_drift_of_the_machine_does_not_move_the_goal(tmp_path, fake_runtime, monkeypatch):
+    """The machine slows by 15% at every measurement (the original alone first, then each
+    model beside it): judged alone, every candidate would read slower than the model before
+    it; measured beside the original, the search reaches the speed-up, and the ratio it quotes
+    is the true one."""
+    drift = {"factor": 1.0}
+
+    def alone(self, model, runs=None):
+        drift["factor"] *= 1.15
+        return self.predict(model) * drift["factor"]
+
+    def side_by_side(self, models, runs=None):
+        drift["factor"] *= 1.15
+        return [self.predict(m) * drift["factor"] for m in models]
+
+    monkeypatch.setattr(LatencyModel, "measure", alone)
+    monkeypatch.setattr(LatencyModel, "measure_side_by_side", side_by_side)
+    model = _model()
+    lm = LatencyModel(cache_dir=tmp_path)
+    res = latency_search(model, Target(speedup=1.5), _score(model), latency=lm, max_drop=1.0)
+    true = lm.predict(model) / lm.predict(res.model)
+    assert res.reached and true >= 1.5, res.message
+    assert res.speedup == pytest.approx(true, rel=1e-6)
+
+
 def test_step_not_faster_when_measured_is_never_kept(tmp_path, fake_runtime):
     fake_runtime["measured"] = lambda m: 1.0  # predicted faster, never measured faster
     model = _model()
@@ -142,9 +169,9 @@ def test_next_shortlist_when_the_best_ranked_is_not_faster(tmp_path, fake_runtim
     def run(shortlists):
         calls = []
 
-        def measured(m):
-            calls.append(m)
-            return 10.0 if len(calls) == 2 else LatencyModel.predict(lm, m)  # 1st candidate
+        def measured(m):  # the first candidate measured is slow
+            calls.extend([m] if m is not model else [])
+            return 10.0 if calls and m is calls[0] else LatencyModel.predict(lm, m)
 
         fake_runtime["measured"] = measured
         return latency_search(model, Target(speedup=1.2), _score(model), latency=lm,
@@ -301,6 +328,7 @@ def coarse_and_fine_tiles(monkeypatch):
 
     monkeypatch.setattr(LatencyModel, "_time", time)
     monkeypatch.setattr(LatencyModel, "measure", lambda self, m, runs=None: self.predict(m))
+    monkeypatch.setattr(LatencyModel, "runner", lambda self, m: m)
     monkeypatch.setattr(LatencyModel, "measure_side_by_side",
                         lambda self, models, runs=None: [self.predict(m) for m in models])
 

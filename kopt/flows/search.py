@@ -10,10 +10,12 @@ on the runtime: it is kept only when its *measured* latency is lower than the cu
 by `min_gain`, whatever it does to parameters or MACs (else the next one is tried). Where no
 single move gives an iteration's cut, several groups' first cuts are offered together; where
 every move that does ends well past the goal, the same cut made on an earlier kept model is
-tried first. Iterations stop when the measured latency meets the target, or when no move
-lowers it. The last model gets a longer distillation; if it then scores more than `max_drop`
-below the original, the fastest kept model that is within it is returned instead, and the
-result says plainly that the target was not reached and what was.
+tried first. For a speed-up, every model is measured interleaved with the original
+(kopt.flows.beside_original), so that drift of the machine does not move the goal. Iterations
+stop when the measured latency meets the target, or when no move lowers it. The last model gets
+a longer distillation; if it then scores more than `max_drop` below the original, the fastest
+kept model that is within it is returned instead, and the result says plainly that the target
+was not reached and what was.
 
 The evaluation is passed in (score, finetune), so the loop does not depend on the form of the
 data: `accuracy_scorer` and `distiller` build them from arrays; kopt.flows.targeted builds them
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from kopt.errors import SearchTargetError
+from kopt.flows.beside_original import BesideOriginal
 from kopt.flows.candidates import (
     Candidate,
     ChannelMoves,
@@ -131,15 +134,16 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     that measurement noise does not decide whether the target is met; overshoot: a move
     predicted to end more than this share past the goal (a whole XNNPACK tile cut when a
     sliver was left) gives way to the moves that do not, when there are any, or to such a cut
-    made on an earlier model (_backtrack). A
-    speed-up's goal is judged against the original measured again once the search thinks it
-    is there: the machine drifts by 2-5% in minutes, more than the noise of one measurement."""
+    made on an earlier model (_backtrack). For a speed-up every model is measured side by
+    side with the original (the machine drifts by 2-5% in minutes, more than the noise of one
+    measurement), and once more before the search calls the goal met."""
     lm = latency or LatencyModel(target.runtime, target.threads)
     if (lm.runtime, lm.threads) != (target.runtime, target.threads):
         raise SearchTargetError(f"the latency model times {lm.runtime} with {lm.threads} "
                                 f"thread(s), the target is for {target}")
     current, g = model, from_keras(model)
-    measured = lm.measure(model, runs=measure_runs)
+    clock = BesideOriginal(lm, model, measure_runs, relative=target.speedup is not None)
+    measured = clock.original_ms
     predicted = lm.predict(g)
     goal = target.goal_ms(measured)
     aim = goal * (1.0 - margin)
@@ -154,11 +158,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     # the bar shows the measured ms cut so far out of the cut the goal asks for
     with progress_to(measured - goal, progress, "search") as bar:
         for it in range(1, max_iterations + 1):
-            if measured <= aim and target.speedup is not None:  # the original and the
-                original_ms, measured = lm.measure_side_by_side(  # current model, interleaved
-                    [model, current], runs=measure_runs)
-                goal = target.goal_ms(original_ms)
-                aim = goal * (1.0 - margin)
+            if measured <= aim and current is not model:  # once more: one reading's noise
+                measured = clock(current)                   # must not decide the target
             if measured <= aim:
                 break
             bar.show(points[0].measured_ms - measured,
@@ -194,7 +195,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                                        score, bar, predicted if short else None,
                                        points[-1].score):
                     bar.doing(f"measuring {cand.name}")
-                    cand.measured_ms = lm.measure(cand.model, runs=measure_runs)
+                    cand.measured_ms = clock(cand.model)
                     ok = cand.measured_ms < measured * (1 - min_gain)
                     steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
                                       cand.measured_ms, cand.score, ok, cand.error))
@@ -214,7 +215,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
         else:
             stop = f"stopped after {max_iterations} iterations"
         return _finish(points, steps, target, base, max_drop, finetune, final_epochs, score,
-                       stop, reach_table, lm, measure_runs, progress, bar)
+                       stop, reach_table, clock, progress, bar)
 
 
 def _reach_summary(table: list[dict], top: int = 3) -> str:
@@ -413,7 +414,7 @@ def _shortlist(moves: list[Candidate], top_k: int, current: Any, finetune: Finet
 
 def _finish(points: list[_Point], steps: list[dict], target: Target, base: float,
             max_drop: float, finetune: Finetune | None, epochs: int, score: Score, stop: str,
-            reach_table: list[dict], lm: LatencyModel, runs: int, progress: bool,
+            reach_table: list[dict], clock: BesideOriginal, progress: bool,
             bar: GoalBar) -> SearchResult:
     """Final distillation of the last kept model; if it then scores more than max_drop below
     the original, the fastest kept model within it (the original at worst). An earlier model
@@ -433,7 +434,7 @@ def _finish(points: list[_Point], steps: list[dict], target: Target, base: float
             finetune(point.model, epochs)
             point.score = score(point.model)
             bar.doing(f"measuring {point.name}")
-            point.measured_ms = lm.measure(point.model, runs=runs)
+            point.measured_ms = clock(point.model)
             gain = max(gain or 0.0, point.score - before)
             steps.append(_row(f"final distillation ({point.name})", from_keras(point.model),
                               point.predicted_ms, point.measured_ms, point.score, kept=True))
@@ -444,8 +445,7 @@ def _finish(points: list[_Point], steps: list[dict], target: Target, base: float
     chosen = chosen or original
     original_ms = original.measured_ms
     if chosen is not original:  # the ratio from measurements interleaved, side by side
-        original_ms, chosen.measured_ms = lm.measure_side_by_side([original.model,
-                                                                    chosen.model], runs=runs)
+        original_ms, chosen.measured_ms = clock.side_by_side(chosen.model)
     goal = target.goal_ms(original_ms)
     reached = chosen.measured_ms <= goal
     bar.show(original.measured_ms - chosen.measured_ms,

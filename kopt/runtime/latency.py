@@ -55,6 +55,16 @@ log = logging.getLogger(__name__)
 LATENCY_RUNTIMES = ("litert-int8", "litert")
 
 
+class WholeModel:
+    """A whole model converted for the runtime and loaded: each call runs it once."""
+
+    def __init__(self, call: Any):
+        self._call = call
+
+    def __call__(self) -> Any:
+        return self._call()
+
+
 def _graph(model_or_graph: Any) -> Graph:
     return model_or_graph if isinstance(model_or_graph, Graph) else from_keras(model_or_graph)
 
@@ -169,30 +179,38 @@ class LatencyModel:
                             model=f"{g.name} (predicted)")
 
     def measure(self, model_or_graph: Any, runs: int | None = None) -> float:
-        """Measured whole-model latency (ms, median of batch-1 calls) on this machine."""
-        return median_ms(self._whole(model_or_graph), self.runs if runs is None else runs)
+        """Measured whole-model latency (ms, median of batch-1 calls) on this machine; a
+        runner from `runner` is measured without converting the model again."""
+        return median_ms(self._ready(model_or_graph), self.runs if runs is None else runs)
 
     def measure_side_by_side(self, models: list[Any], runs: int | None = None,
                              rounds: int = 5) -> list[float]:
-        """Measured latency (ms) of each model, their runs interleaved in `rounds` rounds (the
-        median of each model's runs; `runs` per model, 200 if neither this nor the model's
-        `runs` says). The machine drifts by a few percent in minutes, so a ratio of two
-        measurements is only as good as the time between them: this is the one to take a
-        speed-up from."""
-        calls = [self._whole(m) for m in models]
+        """Measured latency (ms) of each model (or runner from `runner`), their runs
+        interleaved in `rounds` rounds (the median of each model's runs; `runs` per model, 200
+        if neither this nor the model's `runs` says). The machine drifts by a few percent in
+        minutes, so a ratio of two measurements is only as good as the time between them: this
+        is the one to take a speed-up from."""
+        calls = [self._ready(m) for m in models]
         for call in calls:
             median_ms(call, runs=1)  # warm-up
         per_round = max(1, -(-(runs or self.runs or 200) // rounds))
         return [float(np.median(np.concatenate(spent)))
                 for spent in interleaved_ms(calls, per_round, rounds)]
 
-    def _whole(self, model_or_graph: Any) -> Any:
-        """A callable running the whole model once on this machine."""
+    def runner(self, model_or_graph: Any) -> WholeModel:
+        """The whole model converted and loaded, ready to run once per call: what measure and
+        measure_side_by_side take in place of a model they would otherwise convert again (a
+        search measures every candidate beside the same original)."""
         self._need_host("a whole model (measure runs it here, not on the device)")
         g = _graph(model_or_graph)
         model = model_or_graph if not isinstance(model_or_graph, Graph) else to_keras(g)
         shapes = [(1,) + tuple(g[n].output_shape[1:]) for n in g.inputs]
-        return self.timer.callable(model, shapes)
+        return WholeModel(self.timer.callable(model, shapes))
+
+    def _ready(self, model_or_runner: Any) -> WholeModel:
+        if isinstance(model_or_runner, WholeModel):
+            return model_or_runner
+        return self.runner(model_or_runner)
 
     # ---- channel steps -----------------------------------------------------------------
     def channel_steps(self, model_or_graph: Any, node: str, widths: list[int] | None = None,
