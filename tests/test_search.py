@@ -391,3 +391,20 @@ def test_small_cuts_together_land_where_the_one_big_cut_overshoots(tmp_path, coa
     assert res.reached and 1.12 <= res.speedup <= 1.12 * 1.15, res.message
     assert res.model.get_layer("wide").filters == 64
     assert sorted(res.model.get_layer(f"fine{i}").filters for i in range(3)) == [8, 8, 8]
+
+
+def test_small_cuts_together_go_on_when_they_fall_short(tmp_path, coarse_and_fine_tiles):
+    """Asked for 1.215x with a step as large as the whole cut: the wide conv's tile (the only
+    move that gives the step) ends at 1.4x, the fine convs' first tiles together give half the
+    step. They are taken, and the next iteration's first tiles finish the cut within the
+    overshoot allowed, the wide conv whole."""
+    x = inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(64, 1, activation="relu", name="wide")(x)
+    for i in range(3):
+        x = L.Conv2D(32, 1, activation="relu", name=f"fine{i}")(x)
+    model = keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+    res = latency_search(model, Target(speedup=1.215), lambda m: 1.0, latency=LatencyModel(
+        cache_dir=tmp_path), max_drop=1.0, step=0.3)
+    assert res.reached and 1.215 <= res.speedup <= 1.215 * 1.15, res.message
+    assert res.model.get_layer("wide").filters == 64
+    assert len([s for s in res.steps[1:] if s["kept"] and ":" in s["step"]]) == 2

@@ -9,7 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from kopt.flows.candidates import rule_candidates  # noqa: E402
+from kopt.flows.candidates import channel_candidates, combined_move, rule_candidates  # noqa: E402
 from kopt.flows.targeted import structural_moves  # noqa: E402
 from kopt.keras_io import from_keras  # noqa: E402
 from kopt.runtime.latency import LatencyModel  # noqa: E402
@@ -74,3 +74,26 @@ def test_a_cut_out_of_reach_leaves_them_as_fallbacks(tmp_path, fake_runtime):
     current = lm.predict(g)
     offered, fallbacks = rule_candidates(g, lm, current, current, moves)
     assert offered == [] and len(fallbacks) == len(moves)
+
+
+def test_rule_moves_and_channel_cuts_are_taken_together(tmp_path, fake_runtime):
+    """combined_move makes each rule move again at its place on the graph the moves before it
+    left, and each channel cut again on its group: both changes are in the result, priced as
+    a whole; a move that no longer applies (the pool already gone) is passed over."""
+    model = _model()
+    g = from_keras(model)
+    lm = LatencyModel(cache_dir=tmp_path)
+    current = lm.predict(g)
+    rules = [m for m in structural_moves(model, calibration=None)
+             if m[0] in ("stride for pool mp", "remove c2")]
+    stride, remove = sorted(rule_candidates(g, lm, current, current, rules)[1],
+                            key=lambda c: c.name != "stride for pool mp")
+    first_cut = next(c for c in channel_candidates(g, lm, current, current).first_cuts
+                     if c.info["group"] == "c1")
+    move = combined_move(g, lm, current, current, [stride, first_cut, stride, remove])
+    assert move.info["combined"] == ["stride for pool mp", first_cut.name, "remove c2"]
+    assert "mp" not in move.graph and "c2" not in move.graph
+    assert move.graph["c1"].config["filters"] == first_cut.info["width"]
+    assert move.predicted_ms == pytest.approx(lm.predict(move.graph))
+    assert move.predicted_ms < min(stride.predicted_ms, remove.predicted_ms,
+                                   first_cut.predicted_ms)

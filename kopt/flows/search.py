@@ -176,7 +176,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
             bar.doing(f"ranking {len(moves)} moves")
             reference = _rank(moves, current, calibration, predicted if short else None)
             if short:
-                bar.doing("combining the groups' first cuts")
+                bar.doing("combining the ranked moves")
                 _combine(g, lm, predicted, budget, floor, moves, found.first_cuts, reference,
                          calibration)
             # the next-ranked moves get their turn when none of a shortlist measures faster:
@@ -259,16 +259,20 @@ def _moves(g: Any, lm: LatencyModel, current: float, budget: float, floor: float
 def _combine(g: Any, lm: LatencyModel, current: float, budget: float, floor: float,
              ranked: list[Candidate], first_cuts: list[Candidate], reference: Any,
              calibration: Any) -> None:
-    """When no move gives the budget: the groups' first cuts taken together (combined_move),
-    the groups in the order their largest cuts ranked (error per ms cut: how much a group's
-    channels cost), placed among the ranked moves by its own error per ms."""
-    rank = {c.info["group"]: i for i, c in enumerate(ranked) if "group" in c.info}
-    cuts = sorted((c for c in first_cuts if c.info["group"] in rank),
-                  key=lambda c: rank[c.info["group"]])
+    """When no move gives the budget: the ranked moves taken together (combined_move), in
+    their rank order (error per ms cut), a channel group by its first cut (the least it can
+    give), a rule move as it is. The combination goes first when it gives the budget: it is
+    the one move that makes the step the iteration asks for (NetAdapt); else it is placed
+    among the ranked moves by its own error per ms."""
+    first = {c.info["group"]: c for c in first_cuts}
+    cuts = [first[c.info["group"]] if "group" in c.info else c for c in ranked
+            if "rule" in c.info or c.info.get("group") in first]
     move = _combined(g, lm, current, budget, floor, cuts, reference, calibration)
-    if move is not None:
-        ranked.append(move)
-        ranked.sort(key=lambda c: _per_ms(c, current, reference is not None))
+    if move is None:
+        return
+    ranked.append(move)
+    ranked.sort(key=lambda c: (c is not move or current - c.predicted_ms < budget,
+                               _per_ms(c, current, reference is not None)))
 
 
 def _combined(g: Any, lm: LatencyModel, current: float, budget: float, floor: float,
@@ -287,11 +291,12 @@ def _landings(points: list[_Point], moves: list[Candidate], first_cuts: list[Can
               budget: float, floor: float, aim: float, criterion: str, calibration: Any
               ) -> list[Candidate]:
     """When every move that gives the iteration's cut ends past the goal by more than the
-    overshoot allowed (floor, in predicted ms), the moves that land between the floor and
-    the aim instead, to be tried first: one of those channel cuts made on an earlier kept
-    model (_backtrack), and the groups' first cuts taken together, the least error per ms
-    first (a DenseNet-style model asked for 2.5x had a tenth left to cut and only a block
-    merge that gave it: 3.32x)."""
+    overshoot allowed (floor, in predicted ms), the moves that stop short of the floor
+    instead, to be tried first, the one that cuts most first: one of those channel cuts made
+    on an earlier kept model (_backtrack), and the groups' first cuts taken together, the
+    least error per ms first. Either may stop short of the aim too: the search then goes on
+    from it, with a smaller sliver left for the next iteration's cuts (a DenseNet-style model
+    asked for 2.5x had a tenth left to cut and only a block merge that gave it: 3.32x)."""
     found = []
     back = _backtrack(points, moves, lm, floor, aim, criterion, calibration)
     if back is not None:
@@ -300,9 +305,9 @@ def _landings(points: list[_Point], moves: list[Candidate], first_cuts: list[Can
         ranked = list(first_cuts)
         _rank(ranked, model, calibration, current, reference)
         move = _combined(g, lm, current, budget, floor, ranked, reference, calibration)
-        if move is not None and move.predicted_ms <= current - budget:
+        if move is not None:
             found.append(move)
-    return found
+    return sorted(found, key=lambda c: c.predicted_ms)
 
 
 def _backtrack(points: list[_Point], moves: list[Candidate], lm: LatencyModel, floor: float,
