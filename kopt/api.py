@@ -77,8 +77,8 @@ class Optimizer:
         if target is not None:
             small, self.steps, self.search = optimize_for_latency(
                 model, data, target, validation, max_accuracy_drop,
-                finish=lambda m: self._exact(m, self.backend), **data_options,
-                **compress_options)
+                finish=lambda m: self._exact(m, self.backend), shipped=self._shipped,
+                **data_options, **compress_options)
             return small
         small, self.steps = compress(model, data, validation, max_accuracy_drop,
                                      finish=lambda m: self._exact(m, self.backend),
@@ -88,6 +88,12 @@ class Optimizer:
     def _exact(self, model: Any, backend: str) -> Any:
         g = from_keras(model)
         return to_keras(self.optimize_graph(g, reference=model), backend=backend)
+
+    def _shipped(self, model: Any) -> Any:
+        """The exact pass, unverified and unrecorded: how the latency search measures a
+        candidate as it will ship (the pass proper, verified, runs once on the result)."""
+        rules = self.rules if self.rules is not None else exact_rules()
+        return to_keras(PassManager(rules, verify=False).run(from_keras(model))[0])
 
 
 def optimize(model: Any, data: Any = None, validation: Any = None,

@@ -408,3 +408,38 @@ def test_small_cuts_together_go_on_when_they_fall_short(tmp_path, coarse_and_fin
     assert res.reached and 1.215 <= res.speedup <= 1.215 * 1.15, res.message
     assert res.model.get_layer("wide").filters == 64
     assert len([s for s in res.steps[1:] if s["kept"] and ":" in s["step"]]) == 2
+
+
+def test_without_calibration_moves_rank_by_the_macs_they_take(tmp_path, fake_runtime):
+    """Cutting a tile of either conv saves about the same predicted ms (the 3x3 conv's cut a
+    hair more: its Dense narrows too); without calibration samples the search takes the one
+    that costs fewer MACs, the 1x1 conv's, where ranking by predicted ms alone takes the
+    3x3's."""
+    inp = keras.Input((8, 8, 3))
+    a = L.GlobalAveragePooling2D(name="gap_a")(
+        L.Conv2D(16, 3, padding="same", activation="relu", name="c3x3")(inp))
+    a = L.Dense(4, name="fc_a")(L.Dense(64, name="wide_fc")(a))
+    b = L.Dense(4, name="fc_b")(L.GlobalAveragePooling2D(name="gap_b")(
+        L.Conv2D(16, 1, activation="relu", name="c1x1")(inp)))
+    model = keras.Model(inp, L.Add(name="add")([a, b]))
+    res = latency_search(model, Target(speedup=1.25), lambda m: 1.0, max_drop=1.0,
+                         latency=LatencyModel(cache_dir=tmp_path))
+    assert res.reached, res.message
+    assert (res.model.get_layer("c3x3").filters, res.model.get_layer("c1x1").filters) == (16, 8)
+
+
+def test_models_are_measured_as_they_ship(tmp_path, fake_runtime):
+    """shipped: what a model becomes before it ships (optimize() passes its exact pass).
+    Every model but the original is measured as that: here every candidate ships as a model
+    of two 8-channel convs, 3.4x faster than the original, so the first candidate kept meets
+    1.5x and the search stops there, quoting the shipped model's latency."""
+    model = _model()
+    x = inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, activation="relu", name="c2")(L.Conv2D(8, 3, name="c1")(x))
+    narrow = keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+    lm = LatencyModel(cache_dir=tmp_path)
+    res = latency_search(model, Target(speedup=1.5), _score(model), latency=lm, max_drop=1.0,
+                         shipped=lambda m: narrow)
+    assert res.reached and [s["kept"] for s in res.steps] == [True, True], res.steps
+    assert res.measured_ms == pytest.approx(lm.predict(narrow))
+    assert res.model is not narrow

@@ -10,10 +10,12 @@ Per model (weights=None, seeded; latency does not depend on trained values):
 3. search: kopt.flows.search.latency_search asked for that same speed-up.
 
 With random weights there is no accuracy to keep, so the search runs without fine-tuning
-(finetune=None) and with no accuracy bar (max_drop=1): its moves are still priced by the
-latency model, ranked by output error on calibration inputs (random images) per the search's
-own rule, and kept only when measured faster. What this measures is where each method spends
-its cuts; the accuracy side is measured on the digits examples (tools/bench_search.py).
+(finetune=None), with no accuracy bar (max_drop=1) and without calibration samples: its moves
+are priced by the latency model, ranked by the share of MACs they take per ms they cut (the
+search's rule when it has no data: capacity stands in for accuracy; output error on random
+images of a random network says little), and kept only when measured faster. What this
+measures is where each method spends its cuts; the accuracy side is measured on the digits
+examples (tools/bench_search.py). The random images still calibrate the int8 files.
 
 Printed and written to --json: params, MACs and measured int8 latency (median of interleaved
 runs, with the spread over rounds) of the original, uniform and searched models, and the
@@ -104,7 +106,7 @@ def compare(name: str, args: argparse.Namespace, lm) -> dict:
 
     t_search = time.perf_counter()
     result = latency_search(original, Target(speedup=speedup), score=agreement, finetune=None,
-                            calibration=calibration, max_drop=1.0, latency=lm,
+                            calibration=None, max_drop=1.0, latency=lm,
                             step=args.step, criterion="l1", measure_runs=args.measure_runs)
     search_s = time.perf_counter() - t_search
     models = {"int8_ptq": original, "uniform": uniform, "search": result.model}

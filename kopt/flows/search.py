@@ -4,7 +4,8 @@ judged by measured latency on the target runtime.
 Each iteration asks for a cut of the predicted latency (a fixed share of the original's) and
 builds, for each prunable channel group and each approximate rule, the smallest move that gives
 it (kopt.flows.candidates; channel counts snapped to the steps of the measured latency curve).
-Candidates are ranked cheaply first, by their output error on calibration samples; only the
+Candidates are ranked cheaply first, by their output error on calibration samples (without
+them, by the share of MACs they take: capacity stands in for accuracy); only the
 `top_k` best are fine-tuned briefly and scored on validation, and the best-scoring one is run
 on the runtime: it is kept only when its *measured* latency is lower than the current model's
 by `min_gain`, whatever it does to parameters or MACs (else the next one is tried). Where no
@@ -118,13 +119,15 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                    criterion: str = "l1", min_gain: float = 0.01, min_channels: int = 4,
                    rules: list[tuple[str, Rule]] | None = None, measure_runs: int = 200,
                    progress: bool = False, shortlists: int = 3,
-                   margin: float = 0.02, overshoot: float = 0.12) -> SearchResult:
+                   margin: float = 0.02, overshoot: float = 0.12,
+                   shipped: Callable[[Any], Any] | None = None) -> SearchResult:
     """Search for the most accurate model meeting `target` (see the module docstring).
 
     score(model) -> validation score (higher is better; max_drop is in its units);
     finetune(model, epochs) trains a candidate in place (distillation from the original, say;
     None: no training, candidates are judged as they are); calibration: input samples for the
-    ranking error and for data-driven pruning criteria; latency: the LatencyModel to predict
+    ranking error and for data-driven pruning criteria (None: moves are ranked by the MACs
+    they take); latency: the LatencyModel to predict
     and measure with (default: this machine's; it must time target.runtime and threads);
     step: the predicted cut asked of each iteration, as a share of the original's predicted
     latency; criterion: how channels are chosen ("l1", "bn_gamma", or "entropy" with
@@ -136,13 +139,17 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     sliver was left) gives way to the moves that do not, when there are any, or to such a cut
     made on an earlier model (_backtrack). For a speed-up every model is measured side by
     side with the original (the machine drifts by 2-5% in minutes, more than the noise of one
-    measurement), and once more before the search calls the goal met."""
+    measurement), and once more before the search calls the goal met. shipped: what a model
+    becomes before it ships (optimize() passes its exact pass, unverified): every model but
+    the original is measured as that, so the search stops where the shipped model meets the
+    goal; the returned model is not passed through it."""
     lm = latency or LatencyModel(target.runtime, target.threads)
     if (lm.runtime, lm.threads) != (target.runtime, target.threads):
         raise SearchTargetError(f"the latency model times {lm.runtime} with {lm.threads} "
                                 f"thread(s), the target is for {target}")
     current, g = model, from_keras(model)
-    clock = BesideOriginal(lm, model, measure_runs, relative=target.speedup is not None)
+    clock = BesideOriginal(lm, model, measure_runs, relative=target.speedup is not None,
+                           shipped=shipped)
     measured = clock.original_ms
     predicted = lm.predict(g)
     goal = target.goal_ms(measured)
@@ -272,17 +279,15 @@ def _combine(g: Any, lm: LatencyModel, current: float, budget: float, floor: flo
         return
     ranked.append(move)
     ranked.sort(key=lambda c: (c is not move or current - c.predicted_ms < budget,
-                               _per_ms(c, current, reference is not None)))
+                               _per_ms(c, current)))
 
 
 def _combined(g: Any, lm: LatencyModel, current: float, budget: float, floor: float,
               cuts: list[Candidate], reference: Any, calibration: Any) -> Candidate | None:
-    """combined_move of `cuts` in their order, none past the floor, with its calibration
-    error when there is a reference to measure it against."""
+    """combined_move of `cuts` in their order, none past the floor, with its harm."""
     move = combined_move(g, lm, current, budget, cuts, floor)
-    if move is not None and reference is not None:
-        move.model = to_keras(move.graph)
-        move.error = max_relative_error(reference, _outputs(move.model, calibration))
+    if move is not None:
+        move.error = _harm(move, reference, calibration)
     return move
 
 
@@ -353,32 +358,46 @@ def _floor(lm: LatencyModel) -> float:
 
 def _rank(moves: list[Candidate], current: Any, calibration: Any,
           per_ms_from: float | None = None, reference: Any = None) -> Any:
-    """Cheapest estimate first: output error on calibration samples against the current model
-    (without calibration data: the predicted latency, fastest first). Moves that all give the
-    iteration's budget compare by error alone; when none does (per_ms_from: the current
-    predicted ms), each cuts what it can, so they compare by error per predicted ms cut:
-    else the search would crawl through the smallest cuts, the least harmful ones. Returns
-    the current model's outputs on the calibration samples (None without them; `reference`:
-    those outputs already computed)."""
-    if calibration is None:
-        moves.sort(key=lambda c: c.predicted_ms)
-        return None
+    """Cheapest estimate first (_harm). Moves that all give the iteration's budget compare by
+    harm alone; when none does (per_ms_from: the current predicted ms), each cuts what it
+    can, so they compare by harm per predicted ms cut: else the search would crawl through
+    the smallest cuts, the least harmful ones. Returns what _harm measures against
+    (`reference`: that, already computed)."""
     if reference is None:
-        reference = _outputs(current, calibration)
+        reference = _reference(current, calibration)
     for cand in moves:
-        cand.model = to_keras(cand.graph)
-        cand.error = max_relative_error(reference, _outputs(cand.model, calibration))
+        cand.error = _harm(cand, reference, calibration)
     if per_ms_from is None:
         moves.sort(key=lambda c: (c.error, c.predicted_ms))
     else:
-        moves.sort(key=lambda c: _per_ms(c, per_ms_from, True))
+        moves.sort(key=lambda c: _per_ms(c, per_ms_from))
     return reference
 
 
-def _per_ms(cand: Candidate, current: float, by_error: bool) -> tuple:
-    """Sort key of a move that cuts less than the budget: error per predicted ms cut."""
-    if not by_error:
-        return (cand.predicted_ms,)
+def _reference(current: Any, calibration: Any) -> Any:
+    """What _harm measures a move of `current` against: its outputs on the calibration
+    samples, or without them its MACs."""
+    if calibration is None:
+        return from_keras(current).count_macs()
+    return _outputs(current, calibration)
+
+
+def _harm(cand: Candidate, reference: Any, calibration: Any) -> float:
+    """How much a move harms the model it was made from, estimated cheaply: the output error
+    on the calibration samples against that model's (`reference`, its outputs). Without
+    calibration samples, the share of its MACs (`reference`) the move takes away: with no
+    data to tell what a channel is worth, the capacity left stands in for accuracy, so the
+    search cuts where a ms costs the fewest MACs (uniform pruning at 0.5 cuts everywhere
+    alike)."""
+    if calibration is None:
+        return 1.0 - cand.graph.count_macs() / max(reference, 1)
+    if cand.model is None:
+        cand.model = to_keras(cand.graph)
+    return max_relative_error(reference, _outputs(cand.model, calibration))
+
+
+def _per_ms(cand: Candidate, current: float) -> tuple:
+    """Sort key of a move that cuts less than the budget: harm per predicted ms cut."""
     return (cand.error / max(current - cand.predicted_ms, 1e-9), cand.predicted_ms)
 
 
