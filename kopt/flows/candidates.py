@@ -9,8 +9,8 @@ own conv does not show the steps (see step_widths). Channels are chosen by the p
 criterion (rewrites.prune_entropy.channel_scores). Rule moves: an approximate rule (a block
 merged, a Dense factored) applied as a whole, offered when it is predicted to be faster.
 Where no move reaches the budget, each group's largest predicted cut is still reported, so the
-search can say why a target is out of reach, and several groups' first steps can be taken
-together as one move (combined_move).
+search can say why a target is out of reach, and several moves (groups' first steps, rule
+moves) can be taken together as one (combined_move).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ them, by the share of MACs they take: capacity stands in for accuracy); only the
 `top_k` best are fine-tuned briefly and scored on validation, and the best-scoring one is run
 on the runtime: it is kept only when its *measured* latency is lower than the current model's
 by `min_gain`, whatever it does to parameters or MACs (else the next one is tried). Where no
-single move gives an iteration's cut, several groups' first cuts are offered together; where
-every move that does ends well past the goal, the same cut made on an earlier kept model is
+single move gives an iteration's cut, the ranked moves are offered together (channel cuts by
+their first tile, block merges and other rule moves whole); where every move that does ends
+well past the goal, the same cut made on an earlier kept model, or smaller cuts together, are
 tried first. For a speed-up, every model is measured interleaved with the original
 (kopt.flows.beside_original), so that drift of the machine does not move the goal. Iterations
 stop when the measured latency meets the target, or when no move lowers it. The last model gets
@@ -127,8 +128,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     finetune(model, epochs) trains a candidate in place (distillation from the original, say;
     None: no training, candidates are judged as they are); calibration: input samples for the
     ranking error and for data-driven pruning criteria (None: moves are ranked by the MACs
-    they take); latency: the LatencyModel to predict
-    and measure with (default: this machine's; it must time target.runtime and threads);
+    they take); latency: the LatencyModel to predict and measure with (default: this
+    machine's; it must time target.runtime and threads);
     step: the predicted cut asked of each iteration, as a share of the original's predicted
     latency; criterion: how channels are chosen ("l1", "bn_gamma", or "entropy" with
     calibration); rules: extra (name, approximate rule) moves offered every iteration;
