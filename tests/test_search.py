@@ -431,11 +431,11 @@ def test_without_calibration_moves_rank_by_the_macs_they_take(tmp_path, fake_run
 def test_models_are_measured_as_they_ship(tmp_path, fake_runtime):
     """shipped: what a model becomes before it ships (optimize() passes its exact pass).
     Every model but the original is measured as that: here every candidate ships as a model
-    of two 8-channel convs, 3.4x faster than the original, so the first candidate kept meets
-    1.5x and the search stops there, quoting the shipped model's latency."""
+    of a 16- and a 24-channel conv, 1.6x faster than the original, so the first candidate kept
+    meets 1.5x and the search stops there, quoting the shipped model's latency."""
     model = _model()
     x = inp = keras.Input((8, 8, 3))
-    x = L.Conv2D(8, 3, activation="relu", name="c2")(L.Conv2D(8, 3, name="c1")(x))
+    x = L.Conv2D(24, 3, activation="relu", name="c2")(L.Conv2D(16, 3, name="c1")(x))
     narrow = keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
     lm = LatencyModel(cache_dir=tmp_path)
     res = latency_search(model, Target(speedup=1.5), _score(model), latency=lm, max_drop=1.0,
@@ -443,3 +443,22 @@ def test_models_are_measured_as_they_ship(tmp_path, fake_runtime):
     assert res.reached and [s["kept"] for s in res.steps] == [True, True], res.steps
     assert res.measured_ms == pytest.approx(lm.predict(narrow))
     assert res.model is not narrow
+
+
+def test_a_candidate_measured_past_the_goal_gives_way(tmp_path, fake_runtime):
+    """Any model with c1 cut measures at half its prediction (past 1.3x by far), though the
+    score prefers cutting c1: the measured overshoot is held while the rest of the shortlist
+    is measured, and the c2 cut, which lands short of the overshoot, is kept instead."""
+    model = _model()
+    lm = LatencyModel(cache_dir=tmp_path)
+    fake_runtime["measured"] = lambda m: LatencyModel.predict(lm, m) * (
+        0.5 if m.get_layer("c1").filters < 32 else 1.0)
+
+    def score(m):  # cutting c1 costs nothing, cutting c2 does
+        return m.get_layer("c2").filters / 32
+
+    res = latency_search(model, Target(speedup=1.3), score, latency=lm, max_drop=1.0)
+    assert res.reached and 1.3 <= res.speedup <= 1.3 * 1.15, res.message
+    assert res.model.get_layer("c1").filters == 32 and res.model.get_layer("c2").filters < 32
+    held = [s for s in res.steps if "c1" in s["step"] and "prune" in s["step"]]
+    assert held and not any(s["kept"] for s in held)
