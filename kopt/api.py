@@ -44,8 +44,7 @@ class Optimizer:
         self.search: SearchResult | None = None
 
     def optimize_graph(self, g: Graph, reference: Any = None) -> Graph:
-        rules = self.rules if self.rules is not None else exact_rules()
-        manager = PassManager(rules, verify=self.verify, tolerance=self.tolerance)
+        manager = PassManager(self._rules(), verify=self.verify, tolerance=self.tolerance)
         self.graph, self.report = manager.run(g, reference=reference)
         log.info("%s", self.report)
         return self.graph
@@ -92,8 +91,10 @@ class Optimizer:
     def _shipped(self, model: Any) -> Any:
         """The exact pass, unverified and unrecorded: how the latency search measures a
         candidate as it will ship (the pass proper, verified, runs once on the result)."""
-        rules = self.rules if self.rules is not None else exact_rules()
-        return to_keras(PassManager(rules, verify=False).run(from_keras(model))[0])
+        return to_keras(PassManager(self._rules(), verify=False).run(from_keras(model))[0])
+
+    def _rules(self) -> list[Rule]:
+        return self.rules if self.rules is not None else exact_rules()
 
 
 def optimize(model: Any, data: Any = None, validation: Any = None,

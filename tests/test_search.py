@@ -377,15 +377,21 @@ def test_overshooting_last_cut_is_made_on_an_earlier_model(tmp_path, coarse_and_
     assert any("(from original)" in s["step"] and s["kept"] for s in res.steps)
 
 
+def _wide_and_three_fine(fine: int):
+    """A 64-channel "wide" 1x1 conv (two coarse tiles), then three "fine" 1x1 convs of `fine`
+    channels (tiles of 8)."""
+    x = inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(64, 1, activation="relu", name="wide")(x)
+    for i in range(3):
+        x = L.Conv2D(fine, 1, activation="relu", name=f"fine{i}")(x)
+    return keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+
+
 def test_small_cuts_together_land_where_the_one_big_cut_overshoots(tmp_path, coarse_and_fine_tiles):
     """Asked for 1.12x, the only move that gives the cut alone is the wide conv's tile (1.56x);
     the three fine convs' first tiles taken together give it and land within the overshoot
     allowed, so they are tried first."""
-    x = inp = keras.Input((8, 8, 3))
-    x = L.Conv2D(64, 1, activation="relu", name="wide")(x)
-    for i in range(3):
-        x = L.Conv2D(16, 1, activation="relu", name=f"fine{i}")(x)
-    model = keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+    model = _wide_and_three_fine(16)
     res = latency_search(model, Target(speedup=1.12), lambda m: 1.0, latency=LatencyModel(
         cache_dir=tmp_path), max_drop=1.0)
     assert res.reached and 1.12 <= res.speedup <= 1.12 * 1.15, res.message
@@ -398,11 +404,7 @@ def test_small_cuts_together_go_on_when_they_fall_short(tmp_path, coarse_and_fin
     move that gives the step) ends at 1.4x, the fine convs' first tiles together give half the
     step. They are taken, and the next iteration's first tiles finish the cut within the
     overshoot allowed, the wide conv whole."""
-    x = inp = keras.Input((8, 8, 3))
-    x = L.Conv2D(64, 1, activation="relu", name="wide")(x)
-    for i in range(3):
-        x = L.Conv2D(32, 1, activation="relu", name=f"fine{i}")(x)
-    model = keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+    model = _wide_and_three_fine(32)
     res = latency_search(model, Target(speedup=1.215), lambda m: 1.0, latency=LatencyModel(
         cache_dir=tmp_path), max_drop=1.0, step=0.3)
     assert res.reached and 1.215 <= res.speedup <= 1.215 * 1.15, res.message

@@ -142,10 +142,9 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     only when no other of its shortlist is measured faster and short of that. For a speed-up
     every model is measured side by side with the original (the machine drifts by 2-5% in
     minutes, more than the noise of one measurement), and once more before the search calls
-    the goal met. shipped: what a model
-    becomes before it ships (optimize() passes its exact pass, unverified): every model but
-    the original is measured as that, so the search stops where the shipped model meets the
-    goal; the returned model is not passed through it."""
+    the goal met. shipped: what a model becomes before it ships (optimize() passes its exact
+    pass, unverified): every model but the original is measured as that, so the search stops
+    where the shipped model meets the goal; the returned model is not passed through it."""
     lm = latency or LatencyModel(target.runtime, target.threads)
     if (lm.runtime, lm.threads) != (target.runtime, target.threads):
         raise SearchTargetError(f"the latency model times {lm.runtime} with {lm.threads} "
@@ -184,7 +183,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                 stop = "no move is predicted to lower the latency" + _reach_summary(reach_table)
                 break
             bar.doing(f"ranking {len(moves)} moves")
-            reference = _rank(moves, current, calibration, predicted if short else None)
+            reference = _reference(g, current, calibration)
+            _rank(moves, reference, calibration, predicted if short else None)
             if short:
                 bar.doing("combining the ranked moves")
                 _combine(g, lm, predicted, budget, floor, moves, found.first_cuts, reference,
@@ -195,8 +195,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                      range(0, min(len(moves), top_k * shortlists), max(1, top_k))]
             if not short and all(c.predicted_ms < floor for c in moves):
                 bar.doing("looking for a cut that lands within the overshoot allowed")
-                landings = _landings(points, moves, found.first_cuts, g, current, reference,
-                                     lm, predicted, budget, floor, predicted * aim / measured,
+                landings = _landings(points, moves, found.first_cuts, g, reference, lm,
+                                     predicted, budget, floor, predicted * aim / measured,
                                      criterion, calibration)
                 tries = ([(landings, len(landings))] if landings else []) + tries
             # a candidate measured past the goal by more than the overshoot allowed is held
@@ -293,9 +293,9 @@ def _combine(g: Any, lm: LatencyModel, current: float, budget: float, floor: flo
     move = _combined(g, lm, current, budget, floor, cuts, reference, calibration)
     if move is None:
         return
+    gives_step = current - move.predicted_ms >= budget
     ranked.append(move)
-    ranked.sort(key=lambda c: (c is not move or current - c.predicted_ms < budget,
-                               _per_ms(c, current)))
+    ranked.sort(key=lambda c: (not (c is move and gives_step), _per_ms(c, current)))
 
 
 def _combined(g: Any, lm: LatencyModel, current: float, budget: float, floor: float,
@@ -308,9 +308,8 @@ def _combined(g: Any, lm: LatencyModel, current: float, budget: float, floor: fl
 
 
 def _landings(points: list[_Point], moves: list[Candidate], first_cuts: list[Candidate],
-              g: Any, model: Any, reference: Any, lm: LatencyModel, current: float,
-              budget: float, floor: float, aim: float, criterion: str, calibration: Any
-              ) -> list[Candidate]:
+              g: Any, reference: Any, lm: LatencyModel, current: float, budget: float,
+              floor: float, aim: float, criterion: str, calibration: Any) -> list[Candidate]:
     """When every move that gives the iteration's cut ends past the goal by more than the
     overshoot allowed (floor, in predicted ms), the moves that stop short of the floor
     instead, to be tried first, the one that cuts most first: one of those channel cuts made
@@ -324,7 +323,7 @@ def _landings(points: list[_Point], moves: list[Candidate], first_cuts: list[Can
         found.append(back)
     if len(first_cuts) > 1:
         ranked = list(first_cuts)
-        _rank(ranked, model, calibration, current, reference)
+        _rank(ranked, reference, calibration, current)
         move = _combined(g, lm, current, budget, floor, ranked, reference, calibration)
         if move is not None:
             found.append(move)
@@ -372,29 +371,25 @@ def _floor(lm: LatencyModel) -> float:
     return lm.overhead_ms()
 
 
-def _rank(moves: list[Candidate], current: Any, calibration: Any,
-          per_ms_from: float | None = None, reference: Any = None) -> Any:
-    """Cheapest estimate first (_harm). Moves that all give the iteration's budget compare by
-    harm alone; when none does (per_ms_from: the current predicted ms), each cuts what it
-    can, so they compare by harm per predicted ms cut: else the search would crawl through
-    the smallest cuts, the least harmful ones. Returns what _harm measures against
-    (`reference`: that, already computed)."""
-    if reference is None:
-        reference = _reference(current, calibration)
+def _rank(moves: list[Candidate], reference: Any, calibration: Any,
+          per_ms_from: float | None = None) -> None:
+    """Cheapest estimate first (_harm, against `reference` from _reference). Moves that all
+    give the iteration's budget compare by harm alone; when none does (per_ms_from: the
+    current predicted ms), each cuts what it can, so they compare by harm per predicted ms
+    cut: else the search would crawl through the smallest cuts, the least harmful ones."""
     for cand in moves:
         cand.error = _harm(cand, reference, calibration)
     if per_ms_from is None:
         moves.sort(key=lambda c: (c.error, c.predicted_ms))
     else:
         moves.sort(key=lambda c: _per_ms(c, per_ms_from))
-    return reference
 
 
-def _reference(current: Any, calibration: Any) -> Any:
-    """What _harm measures a move of `current` against: its outputs on the calibration
-    samples, or without them its MACs."""
+def _reference(g: Any, current: Any, calibration: Any) -> Any:
+    """What _harm measures a move of the current model (`current`, its graph `g`) against:
+    its outputs on the calibration samples, or without them its MACs."""
     if calibration is None:
-        return from_keras(current).count_macs()
+        return g.count_macs()
     return _outputs(current, calibration)
 
 
