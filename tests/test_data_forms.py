@@ -113,7 +113,8 @@ def test_optimize_with_tf_data_and_validation(small_digits, model):
     small = opt.optimize(model, data=ds, validation=vs, max_accuracy_drop=0.05, **FAST)
     base = float(np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt))
     assert opt.steps[0]["val_acc"] == pytest.approx(base)
-    assert [s["step"] for s in opt.steps] == ["original", "prune 0.5", "fuse (exact)"]
+    assert [s["step"] for s in opt.steps] == ["original", "prune 0.5", "final distillation",
+                                              "fuse (exact)"]
     assert small.count_params() <= model.count_params()
 
 

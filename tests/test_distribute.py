@@ -67,6 +67,7 @@ def test_retrain_and_optimize_inside_a_mirrored_strategy(tmp_path):
     out = json.loads(lines[-1][len("RESULT "):])
     assert out["replicas"] == 2 and out["strategy"] and out["student_strategy"]
     assert out["mirrored"] == "MirroredVariable"  # the weights live on both replicas
-    assert [s[0] for s in out["steps"]] == ["original", "prune 0.5", "fuse (exact)"]
+    assert [s[0] for s in out["steps"]] == ["original", "prune 0.5", "final distillation",
+                                         "fuse (exact)"]
     assert out["steps"][0][2] > 0.5 and out["steps"][1][1]
     assert "pass the tf.data.Dataset itself" in out["distributed_dataset"]

@@ -91,7 +91,7 @@ def test_regression_with_float_targets(small_digits, regression, caplog):
     with caplog.at_level(logging.INFO, logger="kopt.flows"):
         small = opt.optimize(regression, data=(x, y / 3.0), max_metric_drop=1.0, **FAST)
     assert "fidelity to the original's outputs" in caplog.text
-    assert [s["metric"] for s in opt.steps] == ["fidelity to the original's outputs"] * 3
+    assert [s["metric"] for s in opt.steps] == ["fidelity to the original's outputs"] * 4
     assert opt.steps[0]["val_score"] == 1.0 and opt.steps[1]["kept"]
     assert 0.5 < opt.steps[1]["val_score"] < 1.0
     assert small.count_params() < regression.count_params()

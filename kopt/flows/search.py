@@ -205,9 +205,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
             # slower than predicted, then 5% faster, 3.57x)
             accepted, held = None, None
             for batch, k in tries:
-                for cand in _shortlist(batch, k, current, finetune, short_epochs,
-                                       score, bar, predicted if short else None,
-                                       points[-1].score):
+                for cand in _shortlist(batch, k, finetune, short_epochs, score, bar,
+                                       predicted if short else None, points[-1].score):
                     bar.doing(f"measuring {cand.name}")
                     cand.measured_ms = clock(cand.model)
                     ok = cand.measured_ms < measured * (1 - min_gain)
@@ -424,8 +423,8 @@ def _outputs(model: Any, calibration: Any, chunk: int = 64) -> list:
     return [np.concatenate(outs) for outs in zip(*parts)]
 
 
-def _shortlist(moves: list[Candidate], top_k: int, current: Any, finetune: Finetune | None,
-               epochs: int, score: Score, bar: GoalBar, short_from: float | None = None,
+def _shortlist(moves: list[Candidate], top_k: int, finetune: Finetune | None, epochs: int,
+               score: Score, bar: GoalBar, short_from: float | None = None,
                current_score: float = 0.0) -> list[Candidate]:
     """The top_k best-ranked moves, fine-tuned briefly and scored, best first: by score; or,
     when the moves fall short of the budget (short_from: the current predicted ms), by score

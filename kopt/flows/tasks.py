@@ -153,10 +153,12 @@ class Metric:
     def is_accuracy(self) -> bool:
         return self.kind == "accuracy"
 
-    def kept(self, score: float, base: float) -> bool:
+    def kept(self, score: float, base: float, drop: float | None = None) -> bool:
+        """Whether `score` is within `drop` (default: this metric's) of `base`."""
+        drop = self.drop if drop is None else drop
         if self.mode == "max":
-            return score >= base - self.drop - 1e-9
-        return score <= base + self.drop + 1e-9
+            return score >= base - drop - 1e-9
+        return score <= base + drop + 1e-9
 
     def needs_reference(self, labelled: bool) -> bool:
         return self.kind == "fidelity" or not labelled
