@@ -153,6 +153,26 @@ def test_drift_of_the_machine_does_not_move_the_goal(tmp_path, fake_runtime, mon
     assert res.speedup == pytest.approx(true, rel=1e-6)
 
 
+@pytest.mark.parametrize("crawl", [3, 0])
+def test_a_search_that_crawls_stops(tmp_path, fake_runtime, crawl):
+    """A runtime whose time barely follows the cuts (85% of it out of their reach, like the
+    per-op costs of MobileNetV3Small's small ops): each tile cut is predicted at a full step
+    but measured at 1.5%, so 2x is out of reach. The search stops after three such
+    iterations, saying why, instead of cutting on until its moves run out."""
+    model = _model()
+    lm = LatencyModel(cache_dir=tmp_path)
+    full = lm.predict(model)
+    fake_runtime["measured"] = lambda m: full * (0.85 + 0.15 * lm.predict(m) / full)
+    res = latency_search(model, Target(speedup=2), _score(model), latency=lm, max_drop=1.0,
+                         measure_runs=1, crawl=crawl)
+    kept = [s for s in res.steps[1:] if s["kept"] and s["step"][0].isdigit()]
+    assert not res.reached
+    if crawl:
+        assert len(kept) == 3 and "out of the moves' reach" in res.message, res.message
+    else:  # without the stop it goes on cutting
+        assert len(kept) > 3 and "out of the moves' reach" not in res.message, res.message
+
+
 def test_step_not_faster_when_measured_is_never_kept(tmp_path, fake_runtime):
     fake_runtime["measured"] = lambda m: 1.0  # predicted faster, never measured faster
     model = _model()

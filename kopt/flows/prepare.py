@@ -23,6 +23,8 @@ from kopt.flows.tasks import Metric, heads, labels_per_output, resolve_metric
 from kopt.keras_io import from_keras, to_keras
 from kopt.keras_io.frontend import check_model
 from kopt.keras_io.batches import Batches, sample_count, take_rows
+from kopt.rewriting import PassManager
+from rewrites.split_separable import SEPARABLE, SplitSeparable
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ def prepare(model: Any, data: Any, validation: Any = None, max_accuracy_drop: fl
             validation_steps: int | None = None, recalibrate_bn: bool = False) -> Prepared:
     """Read `data` and `validation` (any form kopt.keras_io.batches.Batches takes), resolve
     the metric (kopt.flows.tasks.resolve_metric), hold out validation when none is given,
-    check (or with recalibrate_bn re-estimate) BatchNormalization statistics. Raises
+    check (or with recalibrate_bn re-estimate) BatchNormalization statistics, and split
+separable convs (split_separable: the original keeps its function and its .tflite). Raises
     DataError on data that does not fit the model, UnsupportedModelError on a model kopt
     cannot lift (checked first: reading data needs the model's inputs)."""
     check_model(model)
@@ -87,7 +90,19 @@ def prepare(model: Any, data: Any, validation: Any = None, max_accuracy_drop: fl
                                  "validation")
     # a stream read again gives the same samples back: their teacher outputs are kept
     cache = TeacherCache() if train.arrays is None and train.reiterable else None
-    return Prepared(original, train, val, fit_data, calibration, chosen, cache)
+    return Prepared(split_separable(original), train, val, fit_data, calibration, chosen, cache)
+
+
+def split_separable(model: Any) -> Any:
+    """`model` with its SeparableConv layers split into a depthwise and a 1x1 conv (exact, and
+    the same .tflite ops: rewrites/split_separable.py), so that pruning can reach their
+    widths; `model` itself when it has none."""
+    g = from_keras(model)
+    if not any(True for _ in g.nodes_of(*SEPARABLE)):
+        return model
+    g, report = PassManager([SplitSeparable()]).run(g, reference=model)
+    log.info("split %d separable conv(s) for pruning", len(report.applied))
+    return to_keras(g)
 
 
 def _split_arrays(model: Any, train: Batches, validation: Any, hs: list, given: list | None

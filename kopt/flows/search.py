@@ -121,7 +121,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                    rules: list[tuple[str, Rule]] | None = None, measure_runs: int = 200,
                    progress: bool = False, shortlists: int = 3,
                    margin: float = 0.02, overshoot: float = 0.12,
-                   shipped: Callable[[Any], Any] | None = None) -> SearchResult:
+                   shipped: Callable[[Any], Any] | None = None, crawl: int = 3) -> SearchResult:
     """Search for the most accurate model meeting `target` (see the module docstring).
 
     score(model) -> validation score (higher is better; max_drop is in its units);
@@ -144,7 +144,13 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     minutes, more than the noise of one measurement), and once more before the search calls
     the goal met. shipped: what a model becomes before it ships (optimize() passes its exact
     pass, unverified): every model but the original is measured as that, so the search stops
-    where the shipped model meets the goal; the returned model is not passed through it."""
+    where the shipped model meets the goal; the returned model is not passed through it.
+    crawl: the search stops, the target not reached, when this many kept iterations in a row
+    each cut less than a quarter of the step asked, as measured (0: never): the runtime's time
+    is then in what the moves cannot touch (MobileNetV3Small at 64x64: per-op costs of its
+    squeeze-excite and hard-swish ops; 1-2% an iteration, 75 s each), and going on would
+    take half an hour to fail. No run that reached its goal here came near it (at worst two
+    such iterations in a row, MobileNetV2 at 224)."""
     lm = latency or LatencyModel(target.runtime, target.threads)
     if (lm.runtime, lm.threads) != (target.runtime, target.threads):
         raise SearchTargetError(f"the latency model times {lm.runtime} with {lm.threads} "
@@ -161,6 +167,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     points = [_Point(model, measured, predicted, base, "original")]
     cut = step * predicted
     reach_table: list[dict] = []
+    pace: list[float] = []  # each kept iteration's measured cut, as a share of its budget
     stop = ""
     _say(f"search: target {target}: {measured:.4f} -> {goal:.4f} ms (predicted "
          f"{predicted:.4f}), score {base:.4f}", progress)
@@ -231,13 +238,23 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                 stop = (f"no candidate of iteration {it} lowered the measured latency by "
                         f"{min_gain:.0%} ({measured:.4f} ms)")
                 break
+            pace.append((measured - accepted.measured_ms)
+                        / max(budget * measured / predicted, 1e-12))
             current, g = accepted.model, from_keras(accepted.model)
             measured, predicted = accepted.measured_ms, lm.predict(g)
             points.append(_Point(current, measured, predicted, accepted.score, accepted.name))
+            if crawl and len(pace) >= crawl and max(pace[-crawl:]) < _CRAWL_PACE:
+                stop = (f"the last {crawl} iterations each cut less than "
+                        f"{_CRAWL_PACE:.0%} of the step asked (measured): what is left is "
+                        "out of the moves' reach" + _reach_summary(reach_table))
+                break
         else:
             stop = f"stopped after {max_iterations} iterations"
         return _finish(points, steps, target, base, max_drop, finetune, final_epochs, score,
                        stop, reach_table, clock, progress, bar)
+
+
+_CRAWL_PACE = 0.25  # see `crawl`: below this share of the step asked, an iteration crawls
 
 
 def _reach_summary(table: list[dict], top: int = 3) -> str:
