@@ -3,7 +3,10 @@
 Keras computes a separable conv as exactly these two: the depthwise kernel (no bias, no
 activation), then the pointwise kernel with the layer's bias and activation. TFLite has no
 separable op either, so the converter writes the same two ops for both forms (the test compares
-the .tflite files' op lists): the split changes neither outputs nor runtime cost.
+the .tflite files' op lists): the split changes neither outputs nor runtime cost. One caveat,
+seen once in a test run and not reproduced over five seeds: a BN between a separable conv's
+activation and the next separable conv was folded forward into the depthwise conv by the int8
+converter in the unsplit model and left as MUL + ADD in the split one.
 
 What it changes is what pruning can see. A SeparableConv is one layer whose output width is
 free but whose weights kopt.ir.channels cannot slice, so every channel group that reaches one is
