@@ -173,6 +173,19 @@ def test_a_search_that_crawls_stops(tmp_path, fake_runtime, crawl):
         assert len(kept) > 3 and "out of the moves' reach" not in res.message, res.message
 
 
+def test_a_candidate_lost_beyond_recovery_is_not_kept(tmp_path, fake_runtime):
+    """The stand-in score is the share of parameters kept, and every move of this small model
+    takes more than 20% of them: allowed a drop of 0.02, no candidate is within ten times it,
+    so none is kept, and the search says why. (Allowed 1.0, the same search reaches 1.5x.)"""
+    model = _model()
+    res = latency_search(model, Target(speedup=1.5), _score(model),
+                         latency=LatencyModel(cache_dir=tmp_path), max_drop=0.02,
+                         measure_runs=1)
+    tried = [s for s in res.steps if s["step"][0].isdigit()]
+    assert tried and all(s["val_score"] < 1.0 - 0.2 and not s["kept"] for s in tried)
+    assert not res.reached and "within 10x the allowed drop" in res.message, res.message
+
+
 def test_step_not_faster_when_measured_is_never_kept(tmp_path, fake_runtime):
     fake_runtime["measured"] = lambda m: 1.0  # predicted faster, never measured faster
     model = _model()
