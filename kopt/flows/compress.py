@@ -100,13 +100,16 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
     probes = {k: validation_batches(v, batch_size, None, original, f"probe '{k}'")
               for k, v in (probes or {}).items()}
 
-    def record(name: str, candidate: Any, against: float | None = None,
-               drop: float | None = None, score: float | None = None) -> dict:
+    def record(name: str, candidate: Any, kept: bool | None = None,
+               against: float | None = None, drop: float | None = None,
+               score: float | None = None) -> dict:
         """Score `candidate` (unless its score is given), log it and say whether it is kept:
-        within `drop` (the metric's by default) of `against` (the original's by default)."""
+        `kept` if given, else whether it is within `drop` (the metric's by default) of
+        `against` (the original's score by default)."""
         g = from_keras(candidate)
         score = prep.score(candidate) if score is None else score
-        ok = metric.kept(score, base if against is None else against, drop)
+        ok = metric.kept(score, base if against is None else against, drop) \
+            if kept is None else kept
         step = dict(step=name, params=g.count_params(), macs=g.count_macs(), val_score=score,
                     val_acc=score, metric=metric.name, kept=bool(ok))
         step.update({f"acc_{k}": prep.score(candidate, v) for k, v in probes.items()})
@@ -118,7 +121,7 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
         return step
 
     base = prep.score(original)
-    steps = [record("original", original, score=base)]
+    steps = [record("original", original, kept=True, score=base)]
     current = original
     stages: list[tuple[str, Sequence[float], Callable[[float], Rule]]] = [
         (f"merge {join}", _values(merge_width),
@@ -164,7 +167,7 @@ def compress(model: Any, data: Any, validation: Any = None, max_accuracy_drop: f
         steps.append(step)
         current = polished if step["kept"] else current
     fused = (finish or exact_fusion)(current)
-    steps.append(record("fuse (exact)", fused, drop=float("inf")))
+    steps.append(record("fuse (exact)", fused, kept=True))
     return fused, steps
 
 

@@ -64,7 +64,7 @@ def prepare(model: Any, data: Any, validation: Any = None, max_accuracy_drop: fl
     """Read `data` and `validation` (any form kopt.keras_io.batches.Batches takes), resolve
     the metric (kopt.flows.tasks.resolve_metric), hold out validation when none is given,
     check (or with recalibrate_bn re-estimate) BatchNormalization statistics, and split
-separable convs (split_separable: the original keeps its function and its .tflite). Raises
+    separable convs (split_separable: the original keeps its function and its .tflite). Raises
     DataError on data that does not fit the model, UnsupportedModelError on a model kopt
     cannot lift (checked first: reading data needs the model's inputs)."""
     check_model(model)
@@ -98,7 +98,7 @@ def split_separable(model: Any) -> Any:
     the same .tflite ops: rewrites/split_separable.py), so that pruning can reach their
     widths; `model` itself when it has none."""
     g = from_keras(model)
-    if not any(True for _ in g.nodes_of(*SEPARABLE)):
+    if not g.nodes_of(*SEPARABLE):
         return model
     g, report = PassManager([SplitSeparable()]).run(g, reference=model)
     log.info("split %d separable conv(s) for pruning", len(report.applied))
