@@ -111,6 +111,7 @@ class _Point:
     predicted_ms: float
     score: float
     name: str
+    exact: bool = False  # the original, or an exact rewrite of it: nothing to distil
 
 
 def latency_search(model: Any, target: Target, score: Score, finetune: Finetune | None = None,
@@ -121,36 +122,39 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                    rules: list[tuple[str, Rule]] | None = None, measure_runs: int = 200,
                    progress: bool = False, shortlists: int = 3,
                    margin: float = 0.02, overshoot: float = 0.12,
-                   shipped: Callable[[Any], Any] | None = None, crawl: int = 3) -> SearchResult:
+                   shipped: Callable[[Any], Any] | None = None, crawl: int = 3,
+                   start: Any = None) -> SearchResult:
     """Search for the most accurate model meeting `target` (see the module docstring).
 
     score(model) -> validation score (higher is better; max_drop is in its units);
     finetune(model, epochs) trains a candidate in place (distillation from the original, say;
     None: no training, candidates are judged as they are); calibration: input samples for the
-    ranking error and for data-driven pruning criteria (None: moves are ranked by the MACs
-    they take); latency: the LatencyModel to predict and measure with (default: this
-    machine's; it must time target.runtime and threads);
-    step: the predicted cut asked of each iteration, as a share of the original's predicted
-    latency; criterion: how channels are chosen ("l1", "bn_gamma", or "entropy" with
-    calibration); rules: extra (name, approximate rule) moves offered every iteration;
-    shortlists: how many shortlists of top_k moves, in rank order, an iteration may fine-tune
-    and measure before it gives up; margin: the search aims this share below the goal, so
-    that measurement noise does not decide whether the target is met; overshoot: a move
-    predicted to end more than this share past the goal (a whole XNNPACK tile cut when a
-    sliver was left) gives way to the moves that do not, when there are any, or to such a cut
-    made on an earlier model (_backtrack); a candidate *measured* that far past it is kept
-    only when no other of its shortlist is measured faster and short of that. For a speed-up
-    every model is measured side by side with the original (the machine drifts by 2-5% in
-    minutes, more than the noise of one measurement), and once more before the search calls
-    the goal met. shipped: what a model becomes before it ships (optimize() passes its exact
-    pass, unverified): every model but the original is measured as that, so the search stops
-    where the shipped model meets the goal; the returned model is not passed through it.
-    crawl: the search stops, the target not reached, when this many kept iterations in a row
-    each cut less than a quarter of the step asked, as measured (0: never): the runtime's time
-    is then in what the moves cannot touch (MobileNetV3Small at 64x64: per-op costs of its
-    squeeze-excite and hard-swish ops; 1-2% an iteration, 75 s each), and going on would
-    take half an hour to fail. No search that reached its goal in 47 benchmark logs had two
-    such iterations in a row."""
+    ranking error and for data-driven pruning criteria (None: moves are ranked by the MACs they
+    take); latency: the LatencyModel to predict and measure with (default: this machine's; it
+    must time target.runtime and threads); step: the predicted cut asked of each iteration, as
+    a share of the predicted latency of the model the search starts from; criterion: how
+    channels are chosen ("l1", "bn_gamma", or "entropy" with calibration); rules: extra (name,
+    approximate rule) moves offered every iteration; shortlists: how many shortlists of top_k
+    moves, in rank order, an iteration may fine-tune and measure before it gives up; margin:
+    the search aims this share below the goal, so that measurement noise does not decide
+    whether the target is met; overshoot: a move predicted to end more than this share past the
+    goal (a whole XNNPACK tile cut when a sliver was left) gives way to the moves that do not,
+    when there are any, or to such a cut made on an earlier model (_backtrack); a candidate
+    *measured* that far past it is kept only when no other of its shortlist is measured faster
+    and short of that. For a speed-up every model is measured side by side with the original
+    (the machine drifts by 2-5% in minutes, more than the noise of one measurement), and once
+    more before the search calls the goal met. shipped: what a model becomes before it ships
+    (optimize() passes its exact pass, unverified): every model but the original is measured as
+    that, so the search stops where the shipped model meets the goal; the returned model is not
+    passed through it. crawl: the search stops, the target not reached, when this many kept
+    iterations in a row each cut less than a quarter of the step asked, as measured (0: never):
+    the runtime's time is then in what the moves cannot touch (MobileNetV3Small at 64x64 before
+    split_hard_swish: per-op costs of its squeeze-excite and hard-swish ops; 1-2% an iteration,
+    75 s each), and going on would take half an hour to fail. No search that reached its goal
+    in 47 benchmark logs had two such iterations in a row. start: an exact rewrite of `model`
+    to start from (the one kopt.flows.for_runtime chose for the runtime); the speed-up is still
+    over `model`, and `start` is neither fine-tuned nor distilled unless a move is kept on top
+    of it."""
     lm = latency or LatencyModel(target.runtime, target.threads)
     if (lm.runtime, lm.threads) != (target.runtime, target.threads):
         raise SearchTargetError(f"the latency model times {lm.runtime} with {lm.threads} "
@@ -164,15 +168,23 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     aim = goal * (1.0 - margin)
     base = score(model)
     steps = [_row("original", g, predicted, measured, base, kept=True)]
-    points = [_Point(model, measured, predicted, base, "original")]
-    cut = step * predicted
+    points = [_Point(model, measured, predicted, base, "original", exact=True)]
     reach_table: list[dict] = []
     pace: list[float] = []  # each kept iteration's measured cut, as a share of its budget
     stop = ""
     _say(f"search: target {target}: {measured:.4f} -> {goal:.4f} ms (predicted "
          f"{predicted:.4f}), score {base:.4f}", progress)
+    if start is not None:
+        current, g = start, from_keras(start)
+        measured, predicted = clock(start), lm.predict(g)
+        steps.append(_row(f"0: exact rewrites for {lm.runtime}", g, predicted, measured,
+                          score(start), kept=True))
+        points.append(_Point(start, measured, predicted, steps[-1]["val_score"], "exact",
+                             exact=True))
+        _say(_line(steps[-1]), progress)
+    cut = step * predicted
     # the bar shows the measured ms cut so far out of the cut the goal asks for
-    with progress_to(measured - goal, progress, "search") as bar:
+    with progress_to(points[0].measured_ms - goal, progress, "search") as bar:
         for it in range(1, max_iterations + 1):
             if measured <= aim and current is not model:  # once more: one reading's noise
                 measured = clock(current)                   # must not decide the target
@@ -484,7 +496,7 @@ def _finish(points: list[_Point], steps: list[dict], target: Target, base: float
     goal = target.goal_ms(original.measured_ms)
     chosen, gain = None, None
     for point in reversed(points):
-        if point is not original and finetune is not None and epochs > 0:
+        if not point.exact and finetune is not None and epochs > 0:
             if gain is not None and point.score + gain < base - max_drop:
                 continue
             before = point.score

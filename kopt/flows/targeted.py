@@ -18,6 +18,7 @@ from typing import Any, Callable
 from kopt.errors import TargetNotReachedWarning
 from kopt.flows.compress import blocks
 from kopt.flows.distill import retrain
+from kopt.flows.for_runtime import for_runtime
 from kopt.flows.prepare import prepare
 from kopt.flows.search import SearchResult, Target, latency_search
 from kopt.ir import Graph
@@ -110,11 +111,14 @@ def optimize_for_latency(model: Any, data: Any, target: Any, validation: Any = N
         return retrain(m, teacher=original, data=prep.fit_data, epochs=n, seed=seed,
                        batch_size=batch_size, teacher_cache=prep.teacher_cache)
 
-    rules = structural_moves(original, calibration, seed) if structural else []
+    lm = latency or LatencyModel(goal.runtime, goal.threads)
+    start, kept = for_runtime(original, lm)
+    rules = structural_moves(start, calibration, seed) if structural else []
     result = latency_search(original, goal, score, finetune, calibration,
-                            max_drop=chosen_metric.drop, latency=latency, short_epochs=short_epochs,
+                            max_drop=chosen_metric.drop, latency=lm, short_epochs=short_epochs,
                             final_epochs=epochs, criterion=criterion, rules=rules,
-                            progress=progress, **search_options)
+                            progress=progress, start=start if kept else None,
+                            **search_options)
     if not result.reached:
         warnings.warn(result.message, TargetNotReachedWarning, stacklevel=3)
     steps = [dict(s, val_score=None if s["val_score"] is None else sign * s["val_score"],
