@@ -27,7 +27,7 @@ would need a layer of its own), a layer whose output is also read elsewhere, a s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import keras
 import numpy as np
@@ -44,9 +44,20 @@ HARD_SWISH = {"hard_swish", "hard_silu"}
 
 @register(exact=True, default=False)
 class SplitHardSwish(Rule):
-    """layer (+ BN) + hard-swish -> layer/6 * relu6(layer + 3), the second a copy of the layer."""
+    """layer (+ BN) + hard-swish -> layer/6 * relu6(layer + 3), the second a copy of the layer.
+
+    only: the names of the layers (conv / Dense) to split after, or None for every one (a
+    flow that prices each place on its own passes those it keeps)."""
+
+    def __init__(self, only: Collection[str] | None = None):
+        self.only = None if only is None else set(only)
 
     def matches(self, g: Graph) -> Iterator[Match]:
+        for m in self._all_matches(g):
+            if self.only is None or (m.lin is not None and m.lin.name in self.only):
+                yield m
+
+    def _all_matches(self, g: Graph) -> Iterator[Match]:
         for node in g:
             if node.op in FOLDS_INTO and node.activation in HARD_SWISH:
                 yield Match(lin=node, bn=None, act=None)

@@ -68,3 +68,26 @@ def test_search_starts_from_the_rewrite_and_quotes_the_original(tmp_path, monkey
     assert res.original_ms == ms(model) and res.speedup == pytest.approx(ms(model) / ms(start))
     x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
     assert np.allclose(model.predict(x, verbose=0), res.model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_optimize_for_a_speedup_keeps_the_split(tmp_path, monkeypatch):
+    """Through the public API: where the runtime measures the split faster, the model returned
+    has no hard-swish left, and the steps say where the speed came from."""
+    import warnings
+
+    import kopt
+
+    monkeypatch.setenv("KOPT_CACHE_DIR", str(tmp_path))
+    _fake(monkeypatch, 1.0)
+    model = _hard_swish_net()
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(96, 8, 8, 3)).astype("float32"), rng.integers(0, 4, 96)
+    opt = kopt.Optimizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kopt.StaleBatchNormWarning)
+        fast = opt.optimize(model, data, max_accuracy_drop=1.0, target=1.5, epochs=1,
+                            batch_size=8, measure_runs=1)
+    assert opt.search.reached
+    assert opt.steps[1]["step"] == "0: exact rewrites for litert-int8"
+    assert not any(isinstance(layer, L.Activation) for layer in fast.layers)
+    assert any(isinstance(layer, L.Multiply) for layer in fast.layers)

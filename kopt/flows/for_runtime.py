@@ -4,11 +4,15 @@ Some exact rewrites swap one op for others that compute the same function, and w
 faster depends on which ops the runtime's kernels take. split_hard_swish (rewrites/) is the
 case in point: on this project's machine with LiteRT 2.3, MobileNetV3Small at 64x64 ran 2.5x
 faster in full int8 with its hard-swishes split (XNNPACK does not take an int8 HARD_SWISH) and
-1.5x slower in float (XNNPACK takes a float HARD_SWISH; the split adds a conv). So the latency
-search starts from the rewritten model only where the runtime it targets measures the model
-faster, side by side with the model as given. The rules are exact and verified by the pass
-manager (rolled back with a warning if outputs move), so no accuracy is spent and none is
-re-checked here; the search still scores its starting point on validation like any other.
+1.5x slower in float (XNNPACK takes a float HARD_SWISH; the split adds a conv).
+
+So each place is priced first by the latency model (the rewrite at that place alone, predicted
+for the whole model), and only the places predicted faster are rewritten: a hard-swish after a
+1x1 conv on a 1x1 feature map (MobileNetV3's last conv, 576 -> 1024 channels) saves little and
+its copy costs 590k MACs and as many parameters. Then the whole model, rewritten at those
+places, is measured side by side with the model as given, and kept only when it is faster; the
+latency search starts from it. The rules are exact and verified by the pass manager (rolled
+back with a warning if outputs move), so no accuracy is spent here.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from kopt.ir import Graph
 from kopt.keras_io import from_keras, to_keras
 from kopt.rewriting import PassManager, Rule
 from kopt.runtime.latency import LatencyModel
@@ -23,27 +28,47 @@ from rewrites.split_hard_swish import SplitHardSwish
 
 log = logging.getLogger(__name__)
 
-RULES: tuple[type[Rule], ...] = (SplitHardSwish,)
-"""The runtime-dependent exact rules, tried in this order, each on the result of the last."""
+RULES: tuple[tuple[type[Rule], str], ...] = ((SplitHardSwish, "lin"),)
+"""The runtime-dependent exact rules, each with the role in its matches that names a place (what
+its `only=` takes), tried in this order, each on the result of the last."""
 
 
 def for_runtime(model: Any, lm: LatencyModel, min_gain: float = 0.01, runs: int = 200
                 ) -> tuple[Any, list[str]]:
-    """(model, names of the rules kept): `model` with each rule in RULES that applies to it
-    and makes it measure at least `min_gain` faster on `lm`'s runtime (side by side with the
-    model before the rule); `model` itself when none does. The caller's model is not changed."""
+    """(model, names of the rules kept): `model` with each rule in RULES applied at the places
+    where the latency model predicts it faster, kept when that makes the model measure at least
+    `min_gain` faster on `lm`'s runtime (side by side with the model before the rule); `model`
+    itself when no rule is kept. The caller's model is not changed."""
     current, kept = model, []
-    for rule_class in RULES:
-        rule = rule_class()
-        g, report = PassManager([rule], verify=True).run(from_keras(current), reference=current)
+    for rule_class, role in RULES:
+        g = from_keras(current)
+        places = rule_class().places(g, role)
+        chosen = _faster_places(g, lm, rule_class, places)
+        if not chosen:
+            continue
+        rule = rule_class(only=chosen)
+        rewritten, report = PassManager([rule], verify=True).run(g, reference=current)
         if not report.applied:
             continue
-        candidate = to_keras(g)
+        candidate = to_keras(rewritten)
         before, after = lm.measure_side_by_side([current, candidate], runs=runs)
         faster = after < before * (1.0 - min_gain)
-        log.info("for %s: %s (%d places) measures %.4f -> %.4f ms: %s", lm.runtime, rule.name,
-                 len(report.applied), before, after, "kept" if faster else "not kept")
+        log.info("for %s: %s at %d of %d places measures %.4f -> %.4f ms: %s", lm.runtime,
+                 rule.name, len(report.applied), len(places), before, after,
+                 "kept" if faster else "not kept")
         if faster:
             current = candidate
             kept.append(rule.name)
     return current, kept
+
+
+def _faster_places(g: Graph, lm: LatencyModel, rule_class: type[Rule], places: list[str]
+                   ) -> list[str]:
+    """The places whose rewrite alone is predicted to make `g` faster."""
+    before = lm.predict(g)
+    chosen = []
+    for place in places:
+        alone, report = PassManager([rule_class(only=[place])], verify=False).run(g)
+        if report.applied and lm.predict(alone) < before:
+            chosen.append(place)
+    return chosen

@@ -21,7 +21,6 @@ from kopt.flows.distill import retrain
 from kopt.flows.for_runtime import for_runtime
 from kopt.flows.prepare import prepare
 from kopt.flows.search import SearchResult, Target, latency_search
-from kopt.ir import Graph
 from kopt.keras_io import from_keras
 from kopt.rewriting import Rule
 from kopt.runtime.latency import LatencyModel
@@ -64,21 +63,14 @@ def structural_moves(model: Any, calibration: Any, seed: int = 0) -> list[tuple[
         for join in blocks(model)]
     moves.append(("svd dense 0.9", SvdDense(energy=0.9)))
     moves += [(f"stride for pool {pool}", ConvPoolToStride(only=pool))
-              for pool in places(g, ConvPoolToStride(), "pool")]
+              for pool in ConvPoolToStride().places(g, "pool")]
     moves += [(f"pool branch {pool} as conv", PoolBranchToConv(only=pool))
-              for pool in places(g, PoolBranchToConv(), "pool")]
+              for pool in PoolBranchToConv().places(g, "pool")]
     moves += [(f"fuse convs reading {src} (sliced)", FuseHorizontalSplit(only=src))
-              for src in dict.fromkeys(places(g, FuseHorizontalSplit(), "source"))]
+              for src in dict.fromkeys(FuseHorizontalSplit().places(g, "source"))]
     moves += [(f"remove {layer}", RemoveLayer(only=layer))
-              for layer in places(g, RemoveLayer(), "layer")]
+              for layer in RemoveLayer().places(g, "layer")]
     return moves
-
-
-def places(g: Graph, rule: Rule, role: str) -> list[str]:
-    """The names bound to `role` in the matches of `rule` on `g` that it does not decline (the
-    node's name, or the name itself for a node the match only reads)."""
-    bound = [getattr(m, role) for m in rule.matches(g) if rule.reject(g, m) is None]
-    return [getattr(value, "name", value) for value in bound]
 
 
 def optimize_for_latency(model: Any, data: Any, target: Any, validation: Any = None,

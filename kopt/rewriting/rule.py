@@ -73,5 +73,12 @@ class Rule:
     def apply(self, g: Graph, m: Match) -> None:
         raise NotImplementedError
 
+    def places(self, g: Graph, role: str) -> list[str]:
+        """The names bound to `role` in the matches on `g` that this rule does not decline
+        (the node's name, or the name itself for a node the match only reads): what a rule's
+        `only=` takes, for a flow that prices or decides each place on its own."""
+        bound = [getattr(m, role) for m in self.matches(g) if self.reject(g, m) is None]
+        return [getattr(value, "name", value) for value in bound]
+
     def __repr__(self) -> str:
         return f"<rule {self.name}>"

@@ -71,3 +71,9 @@ def test_int8_file_has_no_hard_swish(tmp_path):
     b = export_tflite(split, tmp_path / "b.tflite", x)
     assert a.ops.get("HARD_SWISH") == 4 and "HARD_SWISH" not in b.ops, (a.ops, b.ops)
     assert b.ops["MUL"] == 4 and not b.fallback_ops, b.fallback_ops
+
+
+def test_only_the_places_named():
+    g = check_rule(_hsnet(), SplitHardSwish(only=["dw", "fc1"]), applied=2).graph
+    assert {n.name for n in g.nodes_of("Multiply")} == {"dw_hs", "fc1_hard_swish"}
+    assert g["stem_hs"].op == "Activation" and g["pw"].activation in {"hard_swish", "hard_silu"}
