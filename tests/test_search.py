@@ -217,6 +217,28 @@ def test_next_shortlist_when_the_best_ranked_is_not_faster(tmp_path, fake_runtim
     assert not res.reached and "iteration 1" in res.message and len(res.steps) == 2
 
 
+def test_a_candidate_the_runtime_cannot_run_is_rejected(tmp_path, fake_runtime):
+    """LiteRT refuses to prepare the best-ranked candidate's file (XNNPACK did so for a
+    MobileNetV3 candidate): it is rejected and the next-ranked one tried, not the search
+    ended by the error."""
+    calls = []
+
+    def measured(m):
+        calls.extend([m] if m is not model else [])
+        if calls and m is calls[0]:
+            raise RuntimeError("failed to create XNNPACK runtime")
+        return LatencyModel.predict(lm, m)
+
+    model, lm = _model(), LatencyModel(cache_dir=tmp_path)
+    fake_runtime["measured"] = measured
+    res = latency_search(model, Target(speedup=1.2), _score(model), latency=lm, max_drop=1.0,
+                         top_k=1)
+    first = [s for s in res.steps if s["step"].startswith("1: ")]
+    assert [s["kept"] for s in first] == [False, True] and first[0]["measured_ms"] != \
+        first[0]["measured_ms"]  # NaN: never measured
+    assert res.reached
+
+
 def test_falls_back_to_fastest_within_drop(tmp_path, fake_runtime):
     model = _model()
     calls = []

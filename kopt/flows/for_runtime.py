@@ -65,6 +65,8 @@ def for_runtime(model: Any, lm: LatencyModel, min_gain: float = 0.01, runs: int 
 def _faster_places(g: Graph, lm: LatencyModel, rule_class: type[Rule], places: list[str]
                    ) -> list[str]:
     """The places whose rewrite alone is predicted to make `g` faster."""
+    if not places:
+        return []
     before = lm.predict(g)
     chosen = []
     for place in places:

@@ -31,6 +31,7 @@ itself except where a measured latency decides; a candidate whose measured gain 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -227,7 +228,14 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                 for cand in _shortlist(batch, k, finetune, short_epochs, score, bar,
                                        predicted if short else None, points[-1].score):
                     bar.doing(f"measuring {cand.name}")
-                    cand.measured_ms = clock(cand.model)
+                    try:
+                        cand.measured_ms = clock(cand.model)
+                    except RuntimeError as err:  # LiteRT could not prepare its file
+                        steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
+                                          math.nan, cand.score, False, cand.error))
+                        _say(f"search: {it}: {cand.name} does not run on {target.runtime} "
+                             f"({err}): rejected", progress)
+                        continue
                     lost = base - cand.score > _BEYOND_RECOVERY * max_drop
                     ok = cand.measured_ms < measured * (1 - min_gain) and not lost
                     past = ok and cand.measured_ms * (1 + overshoot) < goal

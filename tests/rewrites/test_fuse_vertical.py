@@ -1,6 +1,7 @@
 """FuseVertical: activation into op, linear pair into one op, explicit padding into "same"."""
 
 import keras
+import numpy as np
 import pytest
 
 from kopt.testing import chain, check_rule
@@ -92,12 +93,29 @@ def test_zero_padding_becomes_same_conv(shape, layers):
     assert conv.config["padding"] == "same" and conv.output_shape[1] == shape[0]
 
 
+@pytest.mark.parametrize("size,pad", [(8, ((0, 1), (0, 1))), (7, 1)])
+def test_zero_padding_before_a_strided_conv(size, pad):
+    """keras.applications' correct_pad before a stride-2 depthwise conv: on an even size it
+    pads (0, 1), which is what "same" pads there; on an odd size, (1, 1)."""
+    layers = [L.ZeroPadding2D(pad), L.DepthwiseConv2D(3, strides=2)]
+    g = check_rule(chain((size, size, 3), *layers), FuseVertical(), applied=1, seed=7).graph
+    (conv,) = [n for n in g][1:]
+    assert conv.config["padding"] == "same" and conv.output_shape[1] == (size + 1) // 2
+
+
 @pytest.mark.parametrize("layers,why", [
     (lambda: [L.ZeroPadding2D(1), L.Conv2D(4, 5)], "is not what 'same' adds"),
     (lambda: [L.ZeroPadding2D(((1, 0), (1, 0))), L.Conv2D(4, 2)], "is not what 'same' adds"),
-    (lambda: [L.ZeroPadding2D(1), L.Conv2D(4, 3, strides=2)], "strided conv"),
+    (lambda: [L.ZeroPadding2D(1), L.Conv2D(4, 3, strides=2)], "is not what 'same' adds"),
     (lambda: [L.ZeroPadding2D(1), L.Conv2D(4, 3, padding="same")], "already pads")])
 def test_padding_near_misses_are_declined(layers, why):
     r = check_rule(chain((8, 8, 3), *layers()), FuseVertical(), applied=0, declined=why,
                    seed=7)
+    assert r.graph.nodes_of("ZeroPadding2D")
+
+
+def test_padding_before_a_strided_conv_needs_the_input_size():
+    model = chain((None, None, 3), L.ZeroPadding2D(((0, 1), (0, 1))), L.Conv2D(4, 3, strides=2))
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    r = check_rule(model, FuseVertical(), applied=0, declined="unknown size", seed=7, x=x)
     assert r.graph.nodes_of("ZeroPadding2D")
