@@ -138,10 +138,16 @@ class _MeanInputs:
         import keras
 
         self.index = {node.name: i for i, node in enumerate(layers)}
+        taken = {layer.name for layer in model.layers}
         outs = []
-        for node in layers:
+        for i, node in enumerate(layers):
             src, port, _ = g.in_edges(node.name)[0]
-            outs.append(keras.ops.sum(node_output(model, src, port), axis=0))
+            # a named layer: keras.ops.sum would be named "sum", which a layer of the user's
+            # model may be called already (Keras then refuses the model)
+            name = next(f"kopt_batch_sum_{i}_{k}" for k in range(len(taken) + 1)
+                        if f"kopt_batch_sum_{i}_{k}" not in taken)
+            outs.append(keras.layers.Lambda(lambda t: keras.ops.sum(t, axis=0), name=name)(
+                node_output(model, src, port)))
         self.tap = keras.Model(model.inputs, outs)
 
     def __call__(self, data: np.ndarray, level: list[Node], batch_size: int

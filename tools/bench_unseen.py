@@ -8,7 +8,8 @@ Kinds (digits, kopt.flows.data.digits_splits): `resnet` (a ResNet with strided s
 projection shortcuts), `sepnet` (SeparableConv2D blocks, max pools, global pooling, dropout),
 `mobilenetv3` (keras.applications.MobileNetV3Small at 64x64 RGB, random init, BN momentum
 0.9), `mlp` (three Dense layers on the flattened image), `conv1d` (Conv1D over the image's rows
-as a sequence).
+as a sequence), `xception` (Xception's middle flow, small: pre-activation residual blocks of
+separable convs).
 Each is trained with Adam, then kopt.Optimizer().optimize(model, train, validation,
 target=speed-up, seed=seed); both int8 files are timed interleaved (examples/_harness) and
 scored on the test split. The row says whether the search reached its goal, in its own words.
@@ -58,6 +59,25 @@ def sepnet(shape: tuple) -> Any:
     return keras.Model(inp, L.Dense(10, activation="softmax")(x))
 
 
+def xception(shape: tuple) -> Any:
+    """Xception's middle flow, small: pre-activation blocks of two ReLU-SeparableConv-BN
+    units and a residual Add, whose sum the next block's first ReLU and its Add both read."""
+    import keras
+    L = keras.layers
+    x = inp = keras.Input(shape)
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(32, 3, strides=2, padding="same",
+                                                 use_bias=False)(x)))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(64, 3, padding="same", use_bias=False)(x)))
+    for _ in range(3):
+        r = x
+        for _ in range(2):
+            x = L.BatchNormalization()(L.SeparableConv2D(64, 3, padding="same",
+                                                         use_bias=False)(L.ReLU()(x)))
+        x = L.Add()([x, r])
+    x = L.GlobalAveragePooling2D()(L.ReLU()(x))
+    return keras.Model(inp, L.Dense(10, activation="softmax")(x))
+
+
 def mobilenetv3(shape: tuple) -> Any:
     """keras.applications' MobileNetV3Small, its BN momentum lowered from 0.999 to 0.9: with
     0.999 the moving statistics hardly leave their initial values in the 180 steps this
@@ -94,7 +114,7 @@ def conv1d(shape: tuple) -> Any:
 # builder, input form ("image" 28x28x1, "rgb64" 64x64x3, "rows" 28 steps of 28), epochs
 KINDS = {"resnet": (resnet, "image", 12), "sepnet": (sepnet, "image", 20),
          "mobilenetv3": (mobilenetv3, "rgb64", 10), "mlp": (mlp, "image", 6),
-         "conv1d": (conv1d, "rows", 6)}
+         "conv1d": (conv1d, "rows", 6), "xception": (xception, "image", 12)}
 
 
 def splits(form: str, seed: int) -> list[tuple]:

@@ -4,7 +4,11 @@ Some exact rewrites swap one op for others that compute the same function, and w
 faster depends on which ops the runtime's kernels take. split_hard_swish (rewrites/) is the
 case in point: on this project's machine with LiteRT 2.3, MobileNetV3Small at 64x64 ran 2.5x
 faster in full int8 with its hard-swishes split (XNNPACK does not take an int8 HARD_SWISH) and
-1.5x slower in float (XNNPACK takes a float HARD_SWISH; the split adds a conv).
+1.5x slower in float (XNNPACK takes a float HARD_SWISH; the split adds a conv). relu_as_depthwise
+is the other: XNNPACK does not take an int8 RELU that no op before it absorbs (Xception's and
+NASNet's pre-activation ReLUs after an Add read twice), and TFLite's kernel for it took 0.18 ms
+on 32x32x32 values, nine times the convs and ADDs around it; as a 1x1 depthwise conv with the
+ReLU fused it is delegated.
 
 So each place is priced first by the latency model (the rewrite at that place alone, predicted
 for the whole model), and only the places predicted faster are rewritten: a hard-swish after a
@@ -24,11 +28,12 @@ from kopt.ir import Graph
 from kopt.keras_io import from_keras, to_keras
 from kopt.rewriting import PassManager, Rule
 from kopt.runtime.latency import LatencyModel
+from rewrites.relu_as_depthwise import ReluAsDepthwise
 from rewrites.split_hard_swish import SplitHardSwish
 
 log = logging.getLogger(__name__)
 
-RULES: tuple[tuple[type[Rule], str], ...] = ((SplitHardSwish, "lin"),)
+RULES: tuple[tuple[type[Rule], str], ...] = ((SplitHardSwish, "lin"), (ReluAsDepthwise, "relu"))
 """The runtime-dependent exact rules, each with the role in its matches that names a place (what
 its `only=` takes), tried in this order, each on the result of the last."""
 

@@ -154,3 +154,13 @@ def test_declines_shared_layer():
     r = check_rule(randomize_weights(m, seed=1, all_weights=True), CorrectBias(_data((8, 8, 3))),
                    applied=1, declined="is a shared layer")
     assert r.report.applied[0].nodes == [r.graph.nodes_of("Conv2D")[-1].name]
+
+
+def test_a_layer_named_like_a_keras_op():
+    """The rule taps each layer's input through an extra model; a user's layer called "sum"
+    once clashed with the name Keras gives keras.ops.sum there, and the int8 export failed."""
+    x = inp = keras.Input((6, 6, 3))
+    a, b = L.Conv2D(4, 1, name="a")(x), L.Conv2D(4, 1, name="b")(x)
+    h = L.Conv2D(4, 1, name="c")(L.Add(name="sum")([a, b]))
+    m = randomize_weights(keras.Model(inp, L.Dense(2)(L.Flatten()(h))), seed=1, all_weights=True)
+    check_rule(m, CorrectBias(_data((6, 6, 3))), applied={"correct_bias": 1})
