@@ -60,6 +60,22 @@ def node_output(model: Any, name: str, port: int = 0) -> Any:
     """The symbolic output `port` of the layer or operation called `name` in an emitted model,
     to build a tap model from. get_layer alone would miss a Keras 3 operation that is not a
     layer (a slice, kopt.ir.ops.GET_ITEM)."""
+    own = _own_outputs(model, name)
+    if own is not None:
+        return own[port]
     found = [op for op in getattr(model, "operations", []) if op.name == name]
     out = (found[0] if found else model.get_layer(name)).output
     return out[port] if isinstance(out, (list, tuple)) else out
+
+
+def _own_outputs(model: Any, name: str) -> list | None:
+    """The outputs of `name`'s call in `model` itself (Keras 3). `.output` is the first call's:
+    a keras.ops operation is emitted as the same object into every model lifted from one
+    original (kopt.keras_io.emitter), so its first call belongs to another model, and a tap
+    built from it spans two graphs (Keras: 'the name "input_layer" is used 2 times').
+    """
+    for nodes in getattr(model, "_nodes_by_depth", {}).values():
+        for node in nodes:
+            if getattr(node, "operation", None) is not None and node.operation.name == name:
+                return list(node.output_tensors)
+    return None

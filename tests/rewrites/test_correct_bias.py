@@ -164,3 +164,13 @@ def test_a_layer_named_like_a_keras_op():
     h = L.Conv2D(4, 1, name="c")(L.Add(name="sum")([a, b]))
     m = randomize_weights(keras.Model(inp, L.Dense(2)(L.Flatten()(h))), seed=1, all_weights=True)
     check_rule(m, CorrectBias(_data((6, 6, 3))), applied={"correct_bias": 1})
+
+
+def test_a_keras_op_between_the_layers():
+    """A keras.ops operation (here `a + b`) is emitted as the same object into every model
+    lifted from the original, so its `.output` is the original's tensor; the rule's tap once
+    spanned both graphs and Keras refused it (ConvNeXt's int8 export failed so)."""
+    x = inp = keras.Input((6, 6, 3))
+    h = L.Conv2D(4, 1, name="c")(keras.ops.add(L.Conv2D(4, 1)(x), L.Conv2D(4, 1)(x)))
+    m = randomize_weights(keras.Model(inp, L.Dense(2)(L.Flatten()(h))), seed=1, all_weights=True)
+    check_rule(m, CorrectBias(_data((6, 6, 3))), applied={"correct_bias": 1})
