@@ -47,25 +47,28 @@ class FuseVertical(Rule):
             first = g.single_producer(node.name)
             if first is not None and first.op in PAIR_OPS and _pointwise(node):
                 yield Match(first=first, second=node, kind="linear")
-        for node in g.nodes_of(*PADDINGS):
-            reader = g.only_consumer(node.name)
-            if reader is not None and reader.op in PADDED:
-                yield Match(first=node, second=reader, kind="padding")
+        for node in g.nodes_of(*PADDINGS):  # every reader a conv (split_hard_swish's copy)
+            readers = [g[dst] for dst, _, _ in g.out_edges(node.name)]
+            if readers and not g.is_output(node.name) and all(r.op in PADDED for r in readers):
+                yield Match(first=node, second=readers[0], readers=readers, kind="padding")
 
     def reject(self, g: Graph, m: Match) -> str | None:
         if m.first is None:
             return f"{m.second.op} does not read a single op"
+        if m.kind == "padding":
+            return next(filter(None, (_reject_padding(g, m.first, r) for r in m.readers)), None)
         if g.only_consumer(m.first.name) is not m.second:
             return f"{m.first.op} output is also read elsewhere"
-        return {"activation": _reject_activation, "linear": _reject_pair,
-                "padding": _reject_padding}[m.kind](g, m.first, m.second)
+        return {"activation": _reject_activation, "linear": _reject_pair}[m.kind](
+            g, m.first, m.second)
 
     def apply(self, g: Graph, m: Match) -> None:
         if m.kind == "activation":
             m.first.config["activation"] = _activation_name(m.second)
             g.bypass(m.second.name)
         elif m.kind == "padding":
-            m.second.config["padding"] = "same"
+            for reader in m.readers:
+                reader.config["padding"] = "same"
             g.bypass(m.first.name)
         else:
             _collapse(g, m.first, m.second)

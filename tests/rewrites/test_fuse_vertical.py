@@ -119,3 +119,13 @@ def test_padding_before_a_strided_conv_needs_the_input_size():
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
     r = check_rule(model, FuseVertical(), applied=0, declined="unknown size", seed=7, x=x)
     assert r.graph.nodes_of("ZeroPadding2D")
+
+
+def test_padding_read_by_several_convs():
+    """split_hard_swish leaves a padding read by a depthwise conv and its copy: both take it."""
+    x = inp = keras.Input((8, 8, 3))
+    p = L.ZeroPadding2D(((1, 2), (1, 2)))(x)
+    y = L.Multiply()([L.DepthwiseConv2D(5, strides=2)(p), L.DepthwiseConv2D(5, strides=2)(p)])
+    g = check_rule(keras.Model(inp, y), FuseVertical(), applied=1, seed=7).graph
+    assert not g.nodes_of("ZeroPadding2D")
+    assert {n.config["padding"] for n in g.nodes_of("DepthwiseConv2D")} == {"same"}
