@@ -19,6 +19,11 @@ a longer distillation; if it then scores more than `max_drop` below the original
 kept model that is within it is returned instead, and the result says plainly that the target
 was not reached and what was.
 
+optimize(..., target=) starts the search from the exact rewrites that kopt.flows.for_runtime
+measured faster on the target runtime (`start=`: int8 hard-swishes and standalone int8 ReLUs
+that XNNPACK does not take, written with ops it does); the speed-up is still over the model as
+given.
+
 The evaluation is passed in (score, finetune), so the loop does not depend on the form of the
 data: `accuracy_scorer` and `distiller` build them from arrays; kopt.flows.targeted builds them
 from the compression flow's data handling for optimize(..., target=...).
