@@ -83,3 +83,16 @@ def test_fused_groups(model):
 
     heads = [group[0].name for group in fused_groups(g)]
     assert "c1" in heads and "bn" not in heads and "relu" not in heads  # in c1's group
+
+
+def test_int8_report_names_the_ops_xnnpack_leaves_to_tflite():
+    """A hard-swish in full int8 is run by TFLite's own kernel (XNNPACK does not take it):
+    the report says so, which is where kopt's split_hard_swish comes in."""
+    i = keras.Input((8, 8, 3))
+    x = keras.layers.Activation("hard_swish", name="hs")(keras.layers.Conv2D(4, 1, name="c")(i))
+    m = keras.Model(i, keras.layers.Conv2D(2, 1, name="out")(x))
+    rep = timing_report(m, runtime="litert-int8", runs=5)
+    assert rep.fallback_ops == {"HARD_SWISH(int8)": 1}, rep.fallback_ops
+    assert "ops XNNPACK does not take" in rep.table() and "HARD_SWISH(int8) x1" in rep.table()
+    assert rep.to_dict()["fallback_ops"] == {"HARD_SWISH(int8)": 1}
+    assert timing_report(m, runtime="litert", runs=5).fallback_ops == {}

@@ -56,15 +56,18 @@ class Timer:
         return convert_tflite(model, quantize=self.quantize, representative_data=data)
 
     def callable(self, model: Any, shapes: list[tuple], data: Any = None) -> Callable[[], Any]:
-        xs = random_inputs(shapes, np.random.default_rng(0))
         if self.runtime == "keras":
             import tensorflow as tf
 
-            arg = [tf.constant(x) for x in xs]
+            arg = [tf.constant(x) for x in random_inputs(shapes, np.random.default_rng(0))]
             fn = tf.function(lambda *a: model(a[0] if len(a) == 1 else list(a), training=False))
             return lambda: fn(*arg)
-        runner = LiteRTRunner(self.flatbuffer(model, shapes, data), threads=self.threads)
-        runner.set_inputs(xs)
+        return self.file_callable(self.flatbuffer(model, shapes, data), shapes)
+
+    def file_callable(self, flatbuffer: bytes, shapes: list[tuple]) -> Callable[[], Any]:
+        """One run of a .tflite file (from `flatbuffer`) in this timer's LiteRT runtime."""
+        runner = LiteRTRunner(flatbuffer, threads=self.threads)
+        runner.set_inputs(random_inputs(shapes, np.random.default_rng(0)))
         return runner.invoke
 
 

@@ -22,6 +22,7 @@ from kopt.keras_io import from_keras, to_keras
 from kopt.progress import bar
 from kopt.runtime.clock import median_ms
 from kopt.runtime.groups import fused_group, group_key, sub_graph
+from kopt.runtime.litert import op_table
 from kopt.runtime.timer import RUNTIMES, Timer, overhead_ms  # noqa: F401 - RUNTIMES for the CLI
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class TimingReport:
     threads: int = 1
     overhead_ms: float = 0.0
     model: str = "model"
+    fallback_ops: dict[str, int] = field(default_factory=dict)  # "OP(dtype)": count
 
     @property
     def sum_ms(self) -> float:
@@ -72,6 +74,10 @@ class TimingReport:
         lines.append(f"sum of parts {self.sum_ms:.4g} ms, whole model {self.total_ms:.4g} ms "
                      f"(gap {self.gap:+.1%}; per-call overhead {self.overhead_ms:.4g} ms "
                      f"subtracted from each part)")
+        if self.fallback_ops:
+            lines.append("ops XNNPACK does not take in the whole model's file (TFLite's own "
+                         "kernels run them): " + ", ".join(
+                             f"{op} x{n}" for op, n in sorted(self.fallback_ops.items())))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -79,7 +85,7 @@ class TimingReport:
                 "threads": self.threads, "total_ms": self.total_ms, "sum_ms": self.sum_ms,
                 "gap": self.gap, "overhead_ms": self.overhead_ms,
                 "by_category": self.totals("category"), "by_kind": self.totals("kind"),
-                "layers": self.layers}
+                "fallback_ops": self.fallback_ops, "layers": self.layers}
 
     def to_json(self, path: str | os.PathLike) -> None:
         with open(path, "w") as f:
@@ -161,7 +167,13 @@ def timing_report(model: Any, runtime: str = "keras", batch_size: int = 1, threa
     g = from_keras(model)
     timer = Timer(runtime, threads)
     shapes = [(batch_size,) + tuple(g[n].output_shape[1:]) for n in g.inputs]
-    whole = timer.callable(_fixed_batch(model, g, batch_size), shapes, representative_data)
+    fixed = _fixed_batch(model, g, batch_size)
+    fallback: dict[str, int] = {}
+    if runtime == "keras":
+        whole = timer.callable(fixed, shapes, representative_data)
+    else:  # the file is read twice: run, and asked which ops XNNPACK left to TFLite
+        flat = timer.flatbuffer(fixed, shapes, representative_data)
+        whole, fallback = timer.file_callable(flat, shapes), op_table(flat)[1]
     total = median_ms(whole, runs)
     overhead = overhead_ms(timer, runs)
     measure = _Measurer(g, timer, batch_size, runs, overhead)
@@ -177,7 +189,8 @@ def timing_report(model: Any, runtime: str = "keras", batch_size: int = 1, threa
     for r in layers:
         r["share"] = r["ms"] / parts
     return TimingReport(runtime=runtime, total_ms=total, layers=layers, batch_size=batch_size,
-                        threads=threads, overhead_ms=overhead, model=g.name)
+                        threads=threads, overhead_ms=overhead, model=g.name,
+                        fallback_ops=fallback)
 
 
 class _Measurer:
