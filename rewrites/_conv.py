@@ -17,6 +17,22 @@ PER_PIXEL = {"BatchNormalization", "ReLU", "Activation", "LeakyReLU", "ELU", "Dr
 """Layers that act on each pixel alone at inference (BN over the channel axis, activations,
 Dropout): they commute with dropping or subsampling pixels."""
 
+FUSABLE = {"relu", "relu6", "sigmoid", "tanh", "swish", "silu", "gelu", "elu", "selu",
+           "softplus", "softsign", "hard_sigmoid", "hard_swish", "hard_silu", "mish",
+           "exponential", "log_sigmoid", "softmax"}
+"""Activation names every conv / dense config accepts, with the same meaning."""
+
+
+def activation_name(act: Node) -> str | None:
+    """The `activation` string a conv / dense config would need to compute what this ReLU or
+    Activation layer does, or None if there is none (a slope, a threshold, a clip but 6)."""
+    if act.op == "Activation":
+        return act.activation if act.activation in FUSABLE else None
+    cfg = act.config
+    if cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
+        return None
+    return {None: "relu", 6: "relu6"}.get(cfg.get("max_value"))
+
 
 def pair(value: Any) -> tuple:
     """Config values come as tuples (Keras 3) or lists (tf_keras, JSON); compare them as tuples."""

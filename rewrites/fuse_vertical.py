@@ -23,12 +23,8 @@ import numpy as np
 from kopt.ir import Graph, Node
 from kopt.ir.ops import channels_last
 from kopt.rewriting import Match, Rule, register
+from rewrites._conv import activation_name
 from rewrites._linear import CONV, DEPTHWISE, FOLDS_INTO, SEPARABLE
-
-FUSABLE = {"relu", "relu6", "sigmoid", "tanh", "swish", "silu", "gelu", "elu", "selu",
-           "softplus", "softsign", "hard_sigmoid", "hard_swish", "hard_silu", "mish",
-           "exponential", "log_sigmoid", "softmax"}
-"""Activation names every conv / dense config accepts, with the same meaning."""
 
 PAIR_OPS = {"Conv1D", "Conv2D", "Dense"}
 PADDED = CONV | DEPTHWISE | SEPARABLE
@@ -64,7 +60,7 @@ class FuseVertical(Rule):
 
     def apply(self, g: Graph, m: Match) -> None:
         if m.kind == "activation":
-            m.first.config["activation"] = _activation_name(m.second)
+            m.first.config["activation"] = activation_name(m.second)
             g.bypass(m.second.name)
         elif m.kind == "padding":
             for reader in m.readers:
@@ -74,22 +70,12 @@ class FuseVertical(Rule):
             _collapse(g, m.first, m.second)
 
 
-def _activation_name(act: Node) -> str | None:
-    """The `activation` string equal to this layer, or None if there is none."""
-    if act.op == "Activation":
-        return act.activation if act.activation in FUSABLE else None
-    cfg = act.config
-    if cfg.get("negative_slope", 0) or cfg.get("threshold", 0):
-        return None
-    return {None: "relu", 6: "relu6"}.get(cfg.get("max_value"))
-
-
 def _reject_activation(g: Graph, lin: Node, act: Node) -> str | None:
     if lin.op not in FOLDS_INTO:
         return f"{act.op} after {lin.op}, which has no activation to take it"
     if lin.activation != "linear":
         return f"{lin.op} already applies activation '{lin.activation}'"
-    if _activation_name(act) is None:
+    if activation_name(act) is None:
         what = act.activation if act.op == "Activation" else "with these max_value/slope/threshold"
         return f"{act.op} {what} has no activation-name equivalent"
     return None

@@ -31,6 +31,7 @@ import numpy as np
 
 from kopt.ir import Graph, Node
 from kopt.rewriting import Match, Rule, register
+from rewrites._conv import activation_name
 from rewrites._linear import FOLDS_INTO
 
 DEPTHWISE = {3: keras.layers.DepthwiseConv1D, 4: keras.layers.DepthwiseConv2D}
@@ -38,13 +39,8 @@ DEPTHWISE = {3: keras.layers.DepthwiseConv1D, 4: keras.layers.DepthwiseConv2D}
 
 def relu_name(node: Node) -> str | None:
     """"relu" or "relu6" where `node` (a ReLU or Activation layer) computes exactly that."""
-    if node.op == "Activation":
-        return node.activation if node.activation in ("relu", "relu6") else None
-    cfg = node.config
-    if cfg.get("negative_slope", 0.0) or cfg.get("threshold", 0.0):
-        return None
-    top = cfg.get("max_value")
-    return "relu" if top is None else "relu6" if float(top) == 6.0 else None
+    name = activation_name(node)
+    return name if name in ("relu", "relu6") else None
 
 
 FUSES_ACTIVATION = FOLDS_INTO | {"Add", "Subtract", "Multiply"}
