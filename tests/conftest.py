@@ -68,3 +68,21 @@ def small_digits():
 
     x, y, xt, yt = load_digits(size=12, seed=0)
     return x[:1024], y[:1024], xt, yt
+
+
+@pytest.fixture
+def int8_before_after(tmp_path):
+    """export(model, rule, samples) -> the full-int8 ExportResults of `model` and of `model`
+    rewritten by `rule` (kopt.testing.check_rule), both calibrated on the same `samples`
+    seeded normal inputs: for rule tests that compare the two .tflite op lists."""
+    from kopt.runtime import export_tflite
+    from kopt.testing import check_rule
+
+    def export(model, rule, samples):
+        after = check_rule(model, rule).model
+        x = np.random.default_rng(0).normal(size=(samples,) + tuple(model.input_shape[1:]))
+        x = x.astype("float32")
+        return (export_tflite(model, tmp_path / "before.tflite", x),
+                export_tflite(after, tmp_path / "after.tflite", x))
+
+    return export

@@ -3,11 +3,9 @@ ReLU fused, exactly; the int8 file then has no standalone RELU (which XNNPACK do
 int8), and a BN before it folds into the new conv."""
 
 import keras
-import numpy as np
 import pytest
 
 import rewrites
-from kopt.runtime import export_tflite
 from kopt.testing import check_rule
 from rewrites.relu_as_depthwise import ReluAsDepthwise
 
@@ -53,12 +51,8 @@ def test_the_bn_before_folds_into_the_new_conv():
     assert not g.nodes_of("BatchNormalization") and not g.nodes_of("ReLU")
 
 
-def test_int8_file_has_no_standalone_relu(tmp_path):
+def test_int8_file_has_no_standalone_relu(int8_before_after):
     keras.utils.set_random_seed(0)
-    model = _preact()
-    after = check_rule(model, ReluAsDepthwise()).model
-    x = np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype("float32")
-    a = export_tflite(model, tmp_path / "a.tflite", x)
-    b = export_tflite(after, tmp_path / "b.tflite", x)
+    a, b = int8_before_after(_preact(), ReluAsDepthwise(), samples=32)
     assert "RELU(int8)" in a.fallback_ops, a.fallback_ops
     assert not any(op.startswith("RELU") for op in b.fallback_ops), b.fallback_ops

@@ -3,11 +3,9 @@ exactly; the int8 file then has no HARD_SWISH op (which XNNPACK does not take in
 its channels are still prunable."""
 
 import keras
-import numpy as np
 import pytest
 
 from kopt.ir.channels import channel_groups
-from kopt.runtime import export_tflite
 from kopt.testing import check_rule
 from rewrites.split_hard_swish import SplitHardSwish
 
@@ -62,13 +60,9 @@ def test_split_widths_stay_prunable():
     assert {"stem", "fc1"} <= prunable, prunable
 
 
-def test_int8_file_has_no_hard_swish(tmp_path):
+def test_int8_file_has_no_hard_swish(int8_before_after):
     keras.utils.set_random_seed(0)
-    model = _hsnet()
-    split = check_rule(model, SplitHardSwish()).model
-    x = np.random.default_rng(0).normal(size=(32, 12, 12, 3)).astype("float32")
-    a = export_tflite(model, tmp_path / "a.tflite", x)
-    b = export_tflite(split, tmp_path / "b.tflite", x)
+    a, b = int8_before_after(_hsnet(), SplitHardSwish(), samples=32)
     assert a.ops.get("HARD_SWISH") == 4 and "HARD_SWISH" not in b.ops, (a.ops, b.ops)
     assert b.ops["MUL"] == 4 and not b.fallback_ops, b.fallback_ops
 

@@ -2,12 +2,10 @@
 same .tflite ops; split, its width can be pruned (the point of the rule)."""
 
 import keras
-import numpy as np
 import pytest
 
 from kopt.ir.channels import channel_groups
 from kopt.keras_io import from_keras
-from kopt.runtime import export_tflite
 from kopt.testing import check_rule
 from rewrites.split_separable import SplitSeparable
 
@@ -49,14 +47,10 @@ def test_split_makes_the_widths_prunable():
     assert "sep1" not in before and {"stem", "sep1"} <= after
 
 
-def test_same_tflite_ops(tmp_path):
+def test_same_tflite_ops(int8_before_after):
     """The converter writes a separable conv as DEPTHWISE_CONV_2D + CONV_2D: split or not, the
     int8 file has the same ops. (No BN here: whether the int8 converter folds a BN between two
     convs depends on the weights, in both forms alike.)"""
     keras.utils.set_random_seed(0)
-    model = _sepnet(bn=False)
-    split = check_rule(model, SplitSeparable()).model
-    x = np.random.default_rng(0).normal(size=(16, 12, 12, 3)).astype("float32")
-    a = export_tflite(model, tmp_path / "a.tflite", x)
-    b = export_tflite(split, tmp_path / "b.tflite", x)
+    a, b = int8_before_after(_sepnet(bn=False), SplitSeparable(), samples=16)
     assert a.ops == b.ops and a.ops.get("DEPTHWISE_CONV_2D") == 2, (a.ops, b.ops)
