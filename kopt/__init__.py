@@ -14,6 +14,7 @@ from typing import Any
 from kopt.errors import (
     DataError,
     EmitError,
+    ExportError,
     GraphLintError,
     KoptError,
     UnsafeModelError,
@@ -55,7 +56,8 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY) + ["KoptError", "UnsupportedModelError", "UnsafeModelError", "EmitError",
-                           "GraphLintError", "VerificationError", "DataError", "__version__"]
+                           "ExportError", "GraphLintError", "VerificationError", "DataError",
+                           "__version__"]
 
 
 def __getattr__(name: str) -> Any:

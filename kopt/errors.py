@@ -59,3 +59,8 @@ class SearchTargetError(KoptError):
 class TargetNotReachedWarning(UserWarning):
     """optimize(..., target=...) found no model within the allowed drop that meets the latency
     target; the message says what was reached (Optimizer.search has every step)."""
+
+
+class ExportError(KoptError):
+    """A model cannot be written in the format asked for: a layer the converter cannot take in
+    that mode (the message names the layer, the reason and what to do instead)."""

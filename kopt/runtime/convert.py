@@ -21,10 +21,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from kopt.errors import DataError, KoptError, VerificationError
+from kopt.errors import DataError, ExportError, KoptError, VerificationError
 from kopt.keras_io import from_keras, to_keras
 from kopt.keras_io.probes import predict_outputs
 from kopt.rewriting.verify import max_relative_error
+from kopt.runtime import recurrent
 from kopt.runtime.int8_error import Int8ErrorReport, tflite_layer_errors
 from kopt.runtime.litert import LiteRTRunner, op_table
 
@@ -81,6 +82,17 @@ class ExportResult:
 def _input_shapes(model: Any) -> list[tuple]:
     shapes = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
     return [tuple(s) for s in shapes]
+
+
+def _require_fixed_shapes(model: Any) -> None:
+    """kopt's .tflite files have a fixed batch of 1 and fixed sizes elsewhere (XNNPACK plans
+    static shapes, and the file is checked against Keras on samples of those shapes)."""
+    for i, shape in enumerate(_input_shapes(model)):
+        if None in shape[1:]:
+            raise ExportError(f"input {i} of '{model.name}' has shape {shape}: a .tflite file "
+                              "needs every size but the batch fixed. Build the model with a "
+                              "fixed Input shape (its weights do not depend on it) and export "
+                              "that")
 
 
 def _input_dtypes(model: Any) -> list[str]:
@@ -183,11 +195,15 @@ def _converter(model: Any, quantize: str | None, samples: list | None, int8_io: 
     """Keras 3 and tf_keras alike. Not keras' model.export(format="litert"): it runs this same
     ExportArchive -> from_saved_model route (identical ops, sizes and outputs, measured), but
     defaults to Flex ops and a dynamic batch, rejects tf_keras models, and names the inputs
-    args_0, args_0_1, ... where _in_model_order needs the input_i / output_i names set here."""
+    args_0, args_0_1, ... where _in_model_order needs the input_i / output_i names set here.
+    In full int8, recurrent layers are unrolled first (kopt.runtime.recurrent: the calibrator
+    crashes the process on their loops)."""
     import tensorflow as tf
 
     if quantize not in QUANTIZE_MODES:
         raise KoptError(f"quantize={quantize!r}: use one of {QUANTIZE_MODES}")
+    if quantize == "int8":
+        model = recurrent.for_int8(model)
     with tempfile.TemporaryDirectory() as tmp, _collect_only_new_objects():
         _saved_model(model, tmp)
         conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
@@ -312,6 +328,7 @@ def export_tflite(model: Any, path: str | os.PathLike, representative_data: Any 
     chosen and measured is in result.int8_rewrites. False gives plain PTQ.
     """
     path = os.fspath(path)
+    _require_fixed_shapes(model)
     if softmax not in SOFTMAX_MODES:
         raise KoptError(f"softmax={softmax!r}: use one of {SOFTMAX_MODES}")
     int8 = qat is not None or quantize == "int8"

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from kopt.errors import KoptError
+from kopt.errors import ExportError, KoptError
 from kopt.keras_io import from_keras, to_keras
 from kopt.keras_io.probes import predict_outputs
 from kopt.ir import Graph
@@ -163,6 +163,8 @@ class _Search:
         try:
             flat = self.convert(model)
             got = LiteRTRunner(flat).run_all(self.x)[0]
+        except ExportError:  # the model itself cannot be converted: no candidate can
+            raise
         except Exception as err:  # noqa: BLE001 - a candidate that fails to convert is skipped
             log.warning("int8 candidate '%s' failed: %s", name, err)
             self.candidates[name] = {"failed": f"{type(err).__name__}: {err}"}
