@@ -1,0 +1,132 @@
+"""A depthwise conv with more than 25 taps -> the sum of depthwise convs of at most 25 (exact).
+
+A k_h x k_w depthwise conv (stride 1, "same" padding, both sizes odd) is split along its width
+into r = (k_w - 1) / 2 convs of size k_h x 3, the d-th dilated by d along the width: its taps
+read columns -d, 0 and +d of the original kernel's centre (column 0 only in the first part; the
+others hold zeros there). With "same" padding every part is centred as the original kernel is,
+so the parts' sum, with the bias in the first part and the activation after the sum, is the
+original conv. Where k_h x 3 is still more than 25 taps and k_w x 3 is not, the split is along
+the height instead. A 7x7 kernel becomes three 7x3 kernels and two Adds.
+
+Why: XNNPACK's depthwise kernels run a kernel of up to 25 taps in one pass; past that it takes
+a much slower path. Measured on this project's machine (LiteRT 2.3, 1 thread, 14x14x32, int8):
+5x5 0.0049 ms, 4x6 0.0050, 5x6 0.064, 7x7 0.104; the three 7x3 parts and their Adds 0.016 (float
+alike: 7x7 0.081 ms). ConvNeXt's 7x7 depthwise convs (keras.applications.ConvNeXt*) are the
+common case. Whether a given CPU's XNNPACK build has the slow path is the runtime's business,
+so the rule is registered default=False and kopt.flows.for_runtime applies it only where the
+latency model predicts the model faster, keeping it only when the runtime measures it faster.
+In int8 each part's output is quantised on its own before the sum, so the int8 file differs a
+little from the unsplit one; the float model does not change.
+
+Declined: strides other than 1, "valid" or "causal" padding, dilated kernels, even kernel
+sizes, kernels of at most 25 taps, kernels whose every split part would still have more than 25
+taps (9x9 and up), channels_first, shared layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+
+import keras
+import numpy as np
+
+from kopt.ir import Graph, Node
+from kopt.ir.ops import channels_last
+from kopt.rewriting import Match, Rule, register
+from rewrites._conv import derive, pair2
+
+MAX_TAPS = 25
+"""The most taps XNNPACK's depthwise conv runs in one pass (measured: see the docstring)."""
+
+
+def split_axis(kernel_size: tuple[int, int]) -> int | None:
+    """The kernel axis (0: height, 1: width) to split along so that every part has at most
+    MAX_TAPS taps: the width when k_h x 3 fits, else the height; None when neither does."""
+    kh, kw = kernel_size
+    if kh * 3 <= MAX_TAPS:
+        return 1
+    if kw * 3 <= MAX_TAPS:
+        return 0
+    return None
+
+
+@register(exact=True, default=False)
+class SplitDepthwiseKernel(Rule):
+    """DepthwiseConv2D(k_h x k_w > 25 taps) -> the sum of (k_h x 3) parts dilated 1..r.
+
+    only: the names of the depthwise convs to split, or None for every one."""
+
+    def __init__(self, only: Collection[str] | None = None):
+        self.only = None if only is None else set(only)
+
+    def matches(self, g: Graph) -> Iterator[Match]:
+        for node in g.nodes_of("DepthwiseConv2D"):
+            if self.only is None or node.name in self.only:
+                yield Match(conv=node)
+
+    def reject(self, g: Graph, m: Match) -> str | None:
+        cfg = m.conv.config
+        size = pair2(cfg["kernel_size"])
+        if size[0] * size[1] <= MAX_TAPS:
+            return f"its {size[0]}x{size[1]} kernel has at most {MAX_TAPS} taps"
+        if size[0] % 2 == 0 or size[1] % 2 == 0:
+            return f"its {size[0]}x{size[1]} kernel has an even size (no centre tap)"
+        if pair2(cfg.get("strides", 1)) != (1, 1) or cfg.get("padding") != "same" \
+                or pair2(cfg.get("dilation_rate", 1)) != (1, 1):
+            return "only a stride-1, undilated, 'same' padded conv splits exactly"
+        if split_axis(size) is None:
+            return f"every split part of a {size[0]}x{size[1]} kernel has more than {MAX_TAPS} taps"
+        if not channels_last(m.conv):
+            return "channels_first"
+        if g.is_shared(m.conv):
+            return "a shared layer"
+        return None
+
+    def apply(self, g: Graph, m: Match) -> None:
+        conv = m.conv
+        axis = split_axis(pair2(conv.config["kernel_size"]))
+        inputs = [(s, p) for s, p, _ in g.in_edges(conv.name)]
+        parts = []
+        for d, kernel in enumerate(_part_kernels(np.asarray(conv.weights["kernel"]), axis), 1):
+            weights = {"kernel": kernel}
+            if d == 1 and conv.config.get("use_bias", True):
+                weights["bias"] = conv.weights["bias"]
+            part = derive(g, conv, f"{conv.name}_part{d}", weights, conv.output_shape,
+                          kernel_size=kernel.shape[:2], use_bias="bias" in weights,
+                          activation="linear",
+                          dilation_rate=(1, d) if axis == 1 else (d, 1))
+            g.add(part)
+            g.set_inputs(part.name, inputs)
+            parts.append(part)
+        total = _layer(g, conv, keras.layers.Add, f"{conv.name}_sum")
+        g.set_inputs(total.name, [(p.name, 0) for p in parts])
+        last = total
+        if conv.activation != "linear":
+            last = _layer(g, conv, keras.layers.Activation, f"{conv.name}_act",
+                          activation=conv.config["activation"])
+            g.set_inputs(last.name, [(total.name, 0)])
+        g.rewire(conv.name, last.name)
+        g.remove(conv.name)
+
+
+def _part_kernels(kernel: np.ndarray, axis: int) -> list[np.ndarray]:
+    """The parts of a (k_h, k_w, channels, multiplier) kernel split along `axis`: part d holds
+    the slices at -d, 0 (for d = 1 only) and +d from the centre, as a size-3 kernel."""
+    k = kernel.shape[axis]
+    centre = k // 2
+    parts = []
+    for d in range(1, centre + 1):
+        taps = np.take(kernel, [centre - d, centre, centre + d], axis=axis).copy()
+        if d > 1:
+            index = [slice(None)] * kernel.ndim
+            index[axis] = 1
+            taps[tuple(index)] = 0.0
+        parts.append(taps.astype(np.float32))
+    return parts
+
+
+def _layer(g: Graph, like: Node, cls: type, base: str, **config: object) -> Node:
+    """A new weightless node (an Add or an Activation) with `like`'s output shape and type."""
+    name = g.unique_name(base)
+    return g.add(Node(name=name, op=cls.__name__, config=cls(name=name, **config).get_config(),
+                      output_shapes=[like.output_shape], output_dtypes=list(like.output_dtypes)))

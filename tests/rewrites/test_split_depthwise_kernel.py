@@ -1,0 +1,60 @@
+"""SplitDepthwiseKernel: a depthwise conv of more than 25 taps becomes the sum of parts of at
+most 25 (k x 3, dilated 1..r), exactly; the int8 file has those parts and no kernel past 25
+taps; the near misses are declined with their reasons."""
+
+import keras
+import pytest
+
+from kopt.testing import check_rule
+from rewrites.split_depthwise_kernel import SplitDepthwiseKernel
+
+L = keras.layers
+
+
+def _model(*layers, shape=(12, 12, 6)):
+    x = inp = keras.Input(shape)
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inp, x)
+
+
+@pytest.mark.parametrize("size, parts, kernel", [(7, 3, (7, 3)), ((5, 7), 3, (5, 3)),
+                                                 ((9, 7), 4, (3, 7)), ((7, 9), 4, (7, 3))])
+def test_split_is_exact(size, parts, kernel):
+    m = _model(L.Conv2D(6, 1), L.DepthwiseConv2D(size, padding="same", name="dw"),
+               L.Conv2D(4, 1))
+    g = check_rule(m, SplitDepthwiseKernel(), applied=1).graph
+    dws = g.nodes_of("DepthwiseConv2D")
+    assert len(dws) == parts and {tuple(n.config["kernel_size"]) for n in dws} == {kernel}
+    assert sum("bias" in n.weights for n in dws) == 1
+    assert len(g.in_edges(g.nodes_of("Add")[0].name)) == parts
+
+
+def test_activation_and_depth_multiplier_follow_the_sum():
+    m = _model(L.DepthwiseConv2D(7, padding="same", depth_multiplier=2, activation="relu",
+                                 use_bias=False, name="dw"), L.Conv2D(4, 1))
+    g = check_rule(m, SplitDepthwiseKernel(), applied=1).graph
+    (act,) = g.nodes_of("Activation")
+    assert act.activation == "relu" and g.producers(act.name)[0].op == "Add"
+    assert all(n.activation == "linear" and "bias" not in n.weights
+               for n in g.nodes_of("DepthwiseConv2D"))
+
+
+def test_near_misses_are_declined():
+    m = _model(L.DepthwiseConv2D(5, padding="same"),
+               L.DepthwiseConv2D(7, strides=2, padding="same"),
+               L.DepthwiseConv2D(7, padding="valid"),
+               L.DepthwiseConv2D((6, 6), padding="same"),
+               L.DepthwiseConv2D(9, padding="same"), shape=(40, 40, 3))
+    check_rule(m, SplitDepthwiseKernel(), applied=0,
+               declined=["has at most 25 taps", "stride-1, undilated, 'same'",
+                         "even size", "9x9 kernel has more than 25"])
+
+
+def test_int8_file_has_no_kernel_past_25_taps(int8_before_after):
+    m = _model(L.Conv2D(8, 1), L.DepthwiseConv2D(7, padding="same"), L.ReLU(), L.Conv2D(4, 1),
+               shape=(14, 14, 3))
+    before, after = int8_before_after(m, SplitDepthwiseKernel(), 16)
+    assert before.ops["DEPTHWISE_CONV_2D"] == 1
+    assert after.ops["DEPTHWISE_CONV_2D"] == 3 and after.ops["ADD"] == 2
+    assert not after.fallback_ops
