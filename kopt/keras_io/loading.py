@@ -57,10 +57,11 @@ _PURE_TF_FUNCTIONS = frozenset({
     "subtract", "tanh", "tile", "transpose", "unstack", "where", "zeros_like",
     "image.resize", "image.crop_to_bounding_box", "image.pad_to_bounding_box"})
 _REFUSED_LAYERS = {"TFSMLayer": "loads a TensorFlow SavedModel from a path named in the file"}
-# Keras 3 operations (not layers) a stored functional model may call in safe mode: a tensor
-# slice x[key], which kopt's own fuse_horizontal_split writes. Other raw keras.ops calls in a
-# file stay refused.
-_KERAS_OPERATIONS = frozenset({("keras.src.ops.numpy", "GetItem")})
+# Keras 3 operations (not layers) a stored functional model may call in safe mode: those kopt's
+# own rules write, a tensor slice x[key] (fuse_horizontal_split) and rsqrt (expand_layer_norm).
+# Other raw keras.ops calls in a file stay refused.
+_KERAS_OPERATIONS = frozenset({("keras.src.ops.numpy", "GetItem"),
+                               ("keras.src.ops.math", "Rsqrt")})
 _MAX_CONFIG_BYTES = 64 << 20
 # A zip member that inflates past both bounds is a decompression bomb (Keras uses the same rule).
 _BOMB_FLOOR_BYTES, _BOMB_RATIO = 256 << 20, 100
