@@ -3,8 +3,8 @@
     mean   = Dense(1, kernel 1/C, no bias)(x)                 per position, over the C channels
     centre = x - mean
     var    = Dense(1, kernel 1/C, bias epsilon)(centre * centre)
-    y      = centre * rsqrt(var)                               then gamma, beta as a 1x1
-                                                               depthwise conv (if the layer has them)
+    y      = centre * rsqrt(var)                               then gamma and beta as a 1x1
+                                                               depthwise conv (if it has them)
 
 This is what LayerNormalization computes (Keras: the moments over the axis, then
 (x - mean) * rsqrt(var + epsilon) * gamma + beta), so the float model does not change. In int8
