@@ -21,7 +21,8 @@ rule is registered default=False and kopt.flows.for_runtime applies it only wher
 model predicts the model faster, keeping it only when the runtime measures it faster.
 (TFLite's int8 RSQRT costs about 55 ns per value: what is left.)
 
-Declined: normalisation over other axes than the last, or over several; rms_scaling; a tensor
+Declined: normalisation over other axes than the last, or over several; rms_scaling; epsilon 0
+(an infinite rsqrt where a position's channels are equal breaks int8 calibration); a tensor
 that is not (batch, steps, C) or (batch, H, W, C) (no depthwise conv for the scale otherwise);
 tf_keras layers (the rsqrt is a Keras 3 operation); shared layers.
 """
@@ -67,6 +68,9 @@ class ExpandLayerNorm(Rule):
             return f"it normalises over axis {node.config.get('axis')}, not the channels alone"
         if node.config.get("rms_scaling"):
             return "rms_scaling"
+        if not node.config.get("epsilon", 1e-3) > 0:
+            return "epsilon is 0: a constant position's rsqrt is infinite, which int8 " \
+                   "calibration cannot take"
         if node.source != "keras":
             return "a tf_keras layer (the rsqrt written out is a Keras 3 operation)"
         if g.is_shared(node):

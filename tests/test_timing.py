@@ -96,3 +96,14 @@ def test_int8_report_names_the_ops_xnnpack_leaves_to_tflite():
     assert "ops XNNPACK does not take" in rep.table() and "HARD_SWISH(int8) x1" in rep.table()
     assert rep.to_dict()["fallback_ops"] == {"HARD_SWISH(int8)": 1}
     assert timing_report(m, runtime="litert", runs=5).fallback_ops == {}
+
+
+def test_int8_report_times_an_rsqrt_alone():
+    """An rsqrt timed alone used to get normal (negative) random inputs, on which TFLite's
+    RSQRT fails to invoke: the report ended with LiteRT's RuntimeError on any model
+    expand_layer_norm had rewritten."""
+    i = keras.Input((6, 6, 4))
+    v = keras.layers.Dense(1, activation="sigmoid", name="var")(keras.layers.Conv2D(4, 1)(i))
+    m = keras.Model(i, keras.layers.Multiply(name="normed")([i, keras.ops.rsqrt(v)]))
+    rep = timing_report(m, runtime="litert-int8", runs=5)
+    assert "rsqrt" in rep.table() and rep.fallback_ops == {"RSQRT(int8)": 1}

@@ -21,8 +21,10 @@ RUNTIMES = ("keras", "litert", "litert-int8")
 
 
 def random_inputs(shapes: list[tuple], rng: np.random.Generator) -> list[np.ndarray]:
-    """Normal float inputs of `shapes`: timings do not depend on the values."""
-    return [rng.normal(0, 1, s).astype(np.float32) for s in shapes]
+    """Float inputs of `shapes`, the magnitudes of normal draws: timings do not depend on the
+    values, but an op timed alone may refuse negative ones (TFLite's RSQRT fails to invoke on
+    them, and expand_layer_norm's rsqrt reads a variance)."""
+    return [np.abs(rng.normal(0, 1, s)).astype(np.float32) for s in shapes]
 
 
 def check_threads(threads: Any) -> int:

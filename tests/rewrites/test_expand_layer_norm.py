@@ -37,10 +37,12 @@ def test_near_misses_are_declined():
     h = L.LayerNormalization(axis=1)(x)
     h = L.LayerNormalization(axis=[1, 2, 3])(h)
     h = L.LayerNormalization(rms_scaling=True)(h)
+    h = L.LayerNormalization(epsilon=0.0)(h)
     flat = L.LayerNormalization()(L.Flatten()(h))
     m = keras.Model(inp, flat)
     check_rule(m, ExpandLayerNorm(), applied=0,
-               declined=["not the channels alone", "rms_scaling", "(batch, steps, C)"])
+               declined=["not the channels alone", "rms_scaling", "epsilon is 0",
+                         "(batch, steps, C)"])
 
 
 def test_saved_model_loads_in_safe_mode(tmp_path):
