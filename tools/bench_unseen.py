@@ -9,7 +9,8 @@ projection shortcuts), `sepnet` (SeparableConv2D blocks, max pools, global pooli
 `mobilenetv3` (keras.applications.MobileNetV3Small at 64x64 RGB, random init, BN momentum
 0.9), `mlp` (three Dense layers on the flattened image), `conv1d` (Conv1D over the image's rows
 as a sequence), `xception` (Xception's middle flow, small: pre-activation residual blocks of
-separable convs).
+separable convs), `convnext` (ConvNeXt-style: 7x7 depthwise convs, LayerNormalization, GELU
+MLPs), `vit` (a small vision transformer), `gru` (a GRU over the image's rows).
 Each is trained with Adam, then kopt.Optimizer().optimize(model, train, validation,
 target=speed-up, seed=seed); both int8 files are timed interleaved (examples/_harness) and
 scored on the test split. The row says whether the search reached its goal, in its own words.
@@ -111,10 +112,50 @@ def conv1d(shape: tuple) -> Any:
     return keras.Model(inp, L.Dense(10, activation="softmax")(x))
 
 
+def convnext(shape: tuple) -> Any:
+    """ConvNeXt-style, small: a 2x2 patchify stem, then blocks of a 7x7 depthwise conv,
+    LayerNormalization, a 4x Dense MLP with GELU and a residual Add."""
+    import keras
+    L = keras.layers
+    x = inp = keras.Input(shape)
+    x = L.LayerNormalization(epsilon=1e-6)(L.Conv2D(32, 2, strides=2)(x))
+    for _ in range(2):
+        h = L.LayerNormalization(epsilon=1e-6)(L.DepthwiseConv2D(7, padding="same")(x))
+        x = L.Add()([x, L.Dense(32)(L.Dense(128, activation="gelu")(h))])
+    return keras.Model(inp, L.Dense(10, activation="softmax")(L.GlobalAveragePooling2D()(x)))
+
+
+def vit(shape: tuple) -> Any:
+    """A small vision transformer: 4x4 patches as 49 tokens of 32, two pre-norm blocks of
+    two-head self-attention and a GELU MLP."""
+    import keras
+    L = keras.layers
+    x = inp = keras.Input(shape)
+    x = L.Reshape((-1, 32))(L.Conv2D(32, 4, strides=4)(x))
+    for _ in range(2):
+        h = L.LayerNormalization()(x)
+        x = L.Add()([x, L.MultiHeadAttention(2, 16)(h, h)])
+        h = L.Dense(64, activation="gelu")(L.LayerNormalization()(x))
+        x = L.Add()([x, L.Dense(32)(h)])
+    x = L.GlobalAveragePooling1D()(L.LayerNormalization()(x))
+    return keras.Model(inp, L.Dense(10, activation="softmax")(x))
+
+
+def gru(shape: tuple) -> Any:
+    """A GRU over the image's rows (28 steps of 28), then two Dense layers."""
+    import keras
+    L = keras.layers
+    x = inp = keras.Input(shape)
+    x = L.Dense(32, activation="relu")(L.GRU(48)(x))
+    return keras.Model(inp, L.Dense(10, activation="softmax")(x))
+
+
 # builder, input form ("image" 28x28x1, "rgb64" 64x64x3, "rows" 28 steps of 28), epochs
 KINDS = {"resnet": (resnet, "image", 12), "sepnet": (sepnet, "image", 20),
          "mobilenetv3": (mobilenetv3, "rgb64", 10), "mlp": (mlp, "image", 6),
-         "conv1d": (conv1d, "rows", 6), "xception": (xception, "image", 12)}
+         "conv1d": (conv1d, "rows", 6), "xception": (xception, "image", 12),
+         "convnext": (convnext, "image", 12), "vit": (vit, "image", 20),
+         "gru": (gru, "rows", 10)}
 
 
 def splits(form: str, seed: int) -> list[tuple]:
