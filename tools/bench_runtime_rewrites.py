@@ -9,6 +9,10 @@ and their range. Quote it from a quiet machine (the load average is recorded).
 
     python tools/bench_runtime_rewrites.py                     # every case, int8 and float
     python tools/bench_runtime_rewrites.py --cases dw7 ln_tokens --json runtime_rewrites.json
+
+With `--applications ConvNeXtTiny ...` it also runs kopt.flows.for_runtime on those
+keras.applications models (weights=None, `--size` square RGB input, 10 classes): which rules it
+keeps and the whole model's time before and after, measured side by side.
 """
 
 from __future__ import annotations
@@ -91,15 +95,35 @@ def run_case(name: str, runtime: str, runs: int, repeats: int) -> dict:
                 load=os.getloadavg()[0], cpu=cpu_model())
 
 
+def run_application(name: str, size: int, runtime: str, runs: int) -> dict:
+    import keras
+
+    from kopt.flows.for_runtime import for_runtime
+    from kopt.runtime.latency import LatencyModel
+    from kopt.runtime.time_bundle import cpu_model
+
+    model = getattr(keras.applications, name)(input_shape=(size, size, 3), weights=None,
+                                              classes=10)
+    lm = LatencyModel(runtime, 1)
+    rewritten, kept = for_runtime(model, lm)
+    before, after = lm.measure_side_by_side([model, rewritten], runs=runs)
+    return dict(application=name, size=size, runtime=runtime, kept=kept, ms_before=before,
+                ms_after=after, speedup=before / after, load=os.getloadavg()[0], cpu=cpu_model())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", nargs="+", default=None, help="default: every case")
     p.add_argument("--runtimes", nargs="+", default=["litert-int8", "litert"])
     p.add_argument("--runs", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--applications", nargs="*", default=[],
+                   help="keras.applications models to run for_runtime on (no cases then, "
+                        "unless --cases is given)")
+    p.add_argument("--size", type=int, default=64)
     p.add_argument("--json", default="bench_runtime_rewrites.json")
     args = p.parse_args(argv)
-    names = args.cases or list(cases())
+    names = args.cases or ([] if args.applications else list(cases()))
     from kopt.runtime.time_bundle import cpu_model
 
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f}; CPU: {cpu_model()}")
@@ -114,6 +138,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['ms_before']:.4f} ({r['range_before'][0]:.4f}-{r['range_before'][1]:.4f})"
                   f"  {r['ms_after']:.4f} ({r['range_after'][0]:.4f}-{r['range_after'][1]:.4f})"
                   f" {r['speedup']:6.2f}", flush=True)
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+    for runtime in args.runtimes:
+        for name in args.applications:
+            r = run_application(name, args.size, runtime, args.runs)
+            rows.append(r)
+            print(f"{name} {args.size}x{args.size} {runtime}: for_runtime kept {r['kept']}: "
+                  f"{r['ms_before']:.4f} -> {r['ms_after']:.4f} ms ({r['speedup']:.2f}x)",
+                  flush=True)
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
     return 0

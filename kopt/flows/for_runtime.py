@@ -10,9 +10,9 @@ NASNet's pre-activation ReLUs after an Add read twice), and TFLite's kernel for 
 on 32x32x32 values, nine times the convs and ADDs around it; as a 1x1 depthwise conv with the
 ReLU fused it is delegated. split_depthwise_kernel is a third: XNNPACK runs a depthwise kernel
 of up to 25 taps in one pass and a larger one on a much slower path (a 7x7 depthwise conv at
-14x14x32 took 0.104 ms in int8, three 7x3 parts and their sum 0.016 ms), in float and int8 alike.
+14x14x32 took 0.105 ms in int8, three 7x3 parts and their sum 0.018 ms), in float and int8 alike.
 expand_layer_norm writes a LayerNormalization out in ops XNNPACK takes in int8 (the converter's
-own lowering leaves SQUARED_DIFFERENCE and an ADD to TFLite's kernels: 0.058 -> 0.017 ms at
+own lowering leaves SQUARED_DIFFERENCE and an ADD to TFLite's kernels: 0.060 -> 0.018 ms at
 14x14x32); in float it is a little slower.
 
 So each place is priced first by the latency model (the rewrite at that place alone, predicted
