@@ -8,14 +8,14 @@ so the parts' sum, with the bias in the first part and the activation after the 
 original conv. Where k_h x 3 is still more than 25 taps and k_w x 3 is not, the split is along
 the height instead. A 7x7 kernel becomes three 7x3 kernels and two Adds.
 
-Why: XNNPACK's depthwise kernels run a kernel of up to 25 taps in one pass; past that it takes
-a much slower path. Measured on this project's machine (AMD EPYC, LiteRT 2.3, 1 thread, 14x14x32,
-int8): 5x5 0.0049 ms, 4x6 0.0050, 5x6 0.064, 7x7 0.104 (a scratch sweep). Between two 1x1 convs
-(`python tools/bench_runtime_rewrites.py --cases dw7 dw7_28`, medians of three interleaved
+Why: XNNPACK's depthwise kernels run a kernel of up to 25 taps in one pass; past that it takes a
+much slower path. Measured on this project's machine (AMD EPYC, LiteRT 2.3, 1 thread, 14x14x32,
+int8, alone): 5x5 0.0051 ms, 4x6 0.0050, 5x6 0.065, 6x6 0.078 (a scratch sweep). Between two 1x1
+convs (`python tools/bench_runtime_rewrites.py --cases dw7 dw7_28`, medians of three interleaved
 comparisons): 7x7 at 14x14x32 0.1049 -> 0.0179 ms in int8, 0.0844 -> 0.0201 ms in float; at
 28x28x32 0.4134 -> 0.0673 (int8), 0.3396 -> 0.0762 (float). ConvNeXt's 7x7 depthwise convs
-(keras.applications.ConvNeXt*) are the common case. Whether a given CPU's XNNPACK build has
-the slow path is the runtime's business, so the rule is registered default=False and
+(keras.applications.ConvNeXt*) are the common case. Whether a given CPU's XNNPACK build has the
+slow path is the runtime's business, so the rule is registered default=False and
 kopt.flows.for_runtime applies it only where the latency model predicts the model faster,
 keeping it only when the runtime measures it faster.
 In int8 each part's output is quantised on its own before the sum, so the int8 file differs a
