@@ -25,6 +25,7 @@ into a conv). tools/bench_latency_model.py measures how far off the sum is.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ from kopt.runtime.timing import TimingReport
 log = logging.getLogger(__name__)
 
 LATENCY_RUNTIMES = ("litert-int8", "litert")
+
+
+_MAX_SIDE_BY_SIDE_RUNS = 20000  # 2-microsecond models: 0.04 s each
 
 
 class WholeModel:
@@ -184,16 +188,26 @@ class LatencyModel:
         return median_ms(self._ready(model_or_graph), self.runs if runs is None else runs)
 
     def measure_side_by_side(self, models: list[Any], runs: int | None = None,
-                             rounds: int = 5) -> list[float]:
+                             rounds: int = 5, min_seconds: float = 0.1) -> list[float]:
         """Measured latency (ms) of each model (or runner from `runner`), their runs
-        interleaved in `rounds` rounds (the median of each model's runs; `runs` per model, 200
-        if neither this nor the model's `runs` says). The machine drifts by a few percent in
+        interleaved in rounds (the median of each model's runs; `runs` per model, 200 if
+        neither this nor the model's `runs` says). The machine drifts by a few percent in
         minutes, so a ratio of two measurements is only as good as the time between them: this
-        is the one to take a speed-up from."""
+        is the one to take a speed-up from.
+
+        Each model runs for at least `min_seconds` in all, in at least `rounds` rounds and up
+        to 20 (one per 50 runs): on this project's 2-core machine a burst of slowness lasts
+        some milliseconds, and 200 runs of a 0.018-ms GRU take 3.6 ms, so one burst could cover
+        most of one model's runs and none of the other's. A search read an unchanged GRU
+        model's original at 0.0237 ms beside its result at 0.0183 (1.29x) three times in three
+        seeds, where 600 interleaved runs each gave 0.0183 and 0.0182."""
         calls = [self._ready(m) for m in models]
-        for call in calls:
-            median_ms(call, runs=1)  # warm-up
-        per_round = max(1, -(-(runs or self.runs or 200) // rounds))
+        first = [median_ms(call, runs=3) for call in calls]  # warm-up, and a first reading
+        runs = runs or self.runs or 200
+        runs = min(max(runs, math.ceil(min_seconds * 1e3 / max(min(first), 1e-4))),
+                   _MAX_SIDE_BY_SIDE_RUNS)
+        rounds = max(rounds, min(runs // 50, 20))
+        per_round = max(1, -(-runs // rounds))
         return [float(np.median(np.concatenate(spent)))
                 for spent in interleaved_ms(calls, per_round, rounds)]
 
