@@ -6,7 +6,8 @@ read columns -d, 0 and +d of the original kernel's centre (column 0 only in the 
 others hold zeros there). With "same" padding every part is centred as the original kernel is,
 so the parts' sum, with the bias in the first part and the activation after the sum, is the
 original conv. Where k_h x 3 is still more than 25 taps and k_w x 3 is not, the split is along
-the height instead. A 7x7 kernel becomes three 7x3 kernels and two Adds.
+the height instead. A 7x7 kernel becomes three 7x3 kernels and two Adds; on a map no wider
+than d, part d reads only padding and is left out (a 2x2 map: one 7x3 kernel).
 
 Why: XNNPACK's depthwise kernels run a kernel of up to 25 taps in one pass; past that it takes a
 much slower path. Measured on this project's machine (AMD EPYC, LiteRT 2.3, 1 thread, 14x14x32,
@@ -89,25 +90,34 @@ class SplitDepthwiseKernel(Rule):
         conv = m.conv
         axis = split_axis(pair2(conv.config["kernel_size"]))
         inputs = [(s, p) for s, p, _ in g.in_edges(conv.name)]
+        size = g.input_shapes(conv.name)[0][1 + axis]  # the map's extent along the split axis
+        kernels = _part_kernels(np.asarray(conv.weights["kernel"]), axis)
+        # part d > 1 reads only columns (rows) at +-d: on a map no wider than d, every one of
+        # them is padding and the part is exactly zero. Dropped: an int8 tensor that is zero
+        # everywhere has no scale, and XNNPACK refused to prepare the Add reading it (a 7x7
+        # depthwise conv on ConvNeXtTiny's 2x2 stage at 64x64 input)
+        kernels = [k for d, k in enumerate(kernels, 1) if d == 1 or size is None or d < size]
+        alone = len(kernels) == 1
         parts = []
-        for d, kernel in enumerate(_part_kernels(np.asarray(conv.weights["kernel"]), axis), 1):
+        for d, kernel in enumerate(kernels, 1):
             weights = {"kernel": kernel}
             if d == 1 and conv.config.get("use_bias", True):
                 weights["bias"] = conv.weights["bias"]
             part = derive(g, conv, f"{conv.name}_part{d}", weights, conv.output_shape,
                           kernel_size=kernel.shape[:2], use_bias="bias" in weights,
-                          activation="linear",
+                          activation=conv.config["activation"] if alone else "linear",
                           dilation_rate=(1, d) if axis == 1 else (d, 1))
             g.add(part)
             g.set_inputs(part.name, inputs)
             parts.append(part)
-        total = _layer(g, conv, keras.layers.Add, f"{conv.name}_sum")
-        g.set_inputs(total.name, [(p.name, 0) for p in parts])
-        last = total
-        if conv.activation != "linear":
-            last = _layer(g, conv, keras.layers.Activation, f"{conv.name}_act",
-                          activation=conv.config["activation"])
-            g.set_inputs(last.name, [(total.name, 0)])
+        last = parts[0]
+        if not alone:
+            last = _layer(g, conv, keras.layers.Add, f"{conv.name}_sum")
+            g.set_inputs(last.name, [(p.name, 0) for p in parts])
+            if conv.activation != "linear":
+                total, last = last, _layer(g, conv, keras.layers.Activation, f"{conv.name}_act",
+                                           activation=conv.config["activation"])
+                g.set_inputs(last.name, [(total.name, 0)])
         g.rewire(conv.name, last.name)
         g.remove(conv.name)
 

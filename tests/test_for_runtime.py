@@ -51,6 +51,20 @@ def test_kept_only_where_measured_faster(tmp_path, monkeypatch, hard_swish_ms, k
         assert_same_function(model, out, rtol=1e-5)
 
 
+def test_a_rewrite_the_runtime_cannot_prepare_is_not_kept(tmp_path, monkeypatch):
+    """LiteRT refused a split 7x7 depthwise conv on a 2x2 map ("failed to create XNNPACK
+    runtime"): for_runtime leaves that rule out with a warning and goes on."""
+    _fake(monkeypatch, 1.0)
+
+    def refuse(self, models, runs=None):
+        raise RuntimeError("failed to create XNNPACK runtime")
+
+    monkeypatch.setattr(LatencyModel, "measure_side_by_side", refuse)
+    model = _hard_swish_net()
+    out, names = for_runtime(model, LatencyModel(cache_dir=tmp_path))
+    assert out is model and names == []
+
+
 def test_search_starts_from_the_rewrite_and_quotes_the_original(tmp_path, monkeypatch):
     """The rewrite alone meets 1.5x: the search stops there, quotes the speed-up over the
     original and does not distil the exact model."""

@@ -65,7 +65,12 @@ def for_runtime(model: Any, lm: LatencyModel, min_gain: float = 0.01, runs: int 
         if not report.applied:
             continue
         candidate = to_keras(rewritten)
-        before, after = lm.measure_side_by_side([current, candidate], runs=runs)
+        try:
+            before, after = lm.measure_side_by_side([current, candidate], runs=runs)
+        except RuntimeError as err:  # LiteRT could not prepare the rewritten file
+            log.warning("for %s: %s not kept: the runtime cannot run the rewritten model (%s)",
+                        lm.runtime, rule.name, err)
+            continue
         faster = after < before * (1.0 - min_gain)
         log.info("for %s: %s at %d of %d places measures %.4f -> %.4f ms: %s", lm.runtime,
                  rule.name, len(report.applied), len(places), before, after,

@@ -3,6 +3,7 @@ most 25 (k x 3, dilated 1..r), exactly; the int8 file has those parts and no ker
 taps; the near misses are declined with their reasons."""
 
 import keras
+import numpy as np
 import pytest
 
 from kopt.testing import check_rule
@@ -58,3 +59,26 @@ def test_int8_file_has_no_kernel_past_25_taps(int8_before_after):
     assert before.ops["DEPTHWISE_CONV_2D"] == 1
     assert after.ops["DEPTHWISE_CONV_2D"] == 3 and after.ops["ADD"] == 2
     assert not after.fallback_ops
+
+
+@pytest.mark.parametrize("size, parts", [(2, 1), (3, 2), (1, 1)])
+def test_parts_that_read_only_padding_are_left_out(size, parts):
+    """On a map no wider than d, part d is zero everywhere: in int8 such a tensor has no scale
+    and XNNPACK refused to prepare the Add reading it (ConvNeXtTiny at 64x64, its 2x2 stage)."""
+    m = _model(L.Conv2D(8, 1), L.DepthwiseConv2D(7, padding="same", activation="relu"),
+               L.Conv2D(4, 1), shape=(size, size, 3))
+    g = check_rule(m, SplitDepthwiseKernel(), applied=1).graph
+    assert len(g.nodes_of("DepthwiseConv2D")) == parts
+    assert len(g.nodes_of("Add")) == (parts > 1)
+    if parts == 1:
+        assert g.nodes_of("DepthwiseConv2D")[0].activation == "relu"
+
+
+def test_int8_file_of_a_small_map_runs(tmp_path):
+    from kopt.runtime import export_tflite
+
+    m = _model(L.Conv2D(8, 1), L.DepthwiseConv2D(7, padding="same"), L.Conv2D(4, 1),
+               shape=(2, 2, 3))
+    after = check_rule(m, SplitDepthwiseKernel(), applied=1).model
+    x = np.random.default_rng(0).normal(size=(16, 2, 2, 3)).astype("float32")
+    assert export_tflite(after, tmp_path / "small.tflite", x).ops["DEPTHWISE_CONV_2D"] == 1
