@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Any, Callable
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--json", default="bench_runtime_rewrites.json")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("kopt.flows.for_runtime").setLevel(logging.INFO)
     names = args.cases or ([] if args.applications else list(cases()))
     from kopt.runtime.time_bundle import cpu_model
 
