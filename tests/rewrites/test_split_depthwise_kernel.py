@@ -82,3 +82,12 @@ def test_int8_file_of_a_small_map_runs(tmp_path):
     after = check_rule(m, SplitDepthwiseKernel(), applied=1).model
     x = np.random.default_rng(0).normal(size=(16, 2, 2, 3)).astype("float32")
     assert export_tflite(after, tmp_path / "small.tflite", x).ops["DEPTHWISE_CONV_2D"] == 1
+
+
+def test_a_conv_with_one_channel_per_group_is_split_like_a_depthwise_conv():
+    """keras.applications.ConvNeXt writes its 7x7 depthwise convs as Conv2D(groups=C)."""
+    m = _model(L.Conv2D(8, 1), L.Conv2D(8, 7, padding="same", groups=8, name="grouped"),
+               L.Conv2D(8, 7, padding="same", groups=4, name="two_per_group"), L.Conv2D(4, 1))
+    g = check_rule(m, SplitDepthwiseKernel(), applied=1,
+                   declined="more than one channel per group").graph
+    assert len(g.nodes_of("DepthwiseConv2D")) == 3 and "grouped" not in g
