@@ -18,6 +18,10 @@ from kopt.keras_io import from_keras, to_keras
 from rewrites.unroll_recurrent import UnrollRecurrent
 
 
+_WHY = ("TFLite's int8 calibrator crashes the process on a recurrent loop (tensorflow#62281)")
+_INSTEAD = "export it with quantize=None or 'float16'"
+
+
 def for_int8(model: Any) -> Any:
     """`model` itself when no layer of it runs a recurrent loop, else an unrolled copy (the
     caller's model is not changed). Raises ExportError where a layer cannot be unrolled."""
@@ -28,20 +32,16 @@ def for_int8(model: Any) -> Any:
     for match in list(rule.matches(g)):
         reason = rule.reject(g, match)
         if reason is not None:
-            raise ExportError(
-                f"layer '{match.node.name}' ({match.node.op}) cannot be converted to full int8: "
-                f"{reason}, and TFLite's int8 calibrator crashes the process on a recurrent "
-                "loop (tensorflow#62281). Give the model's Input a fixed number of steps, or "
-                "export it with quantize=None or 'float16'")
+            raise ExportError(f"layer '{match.node.name}' ({match.node.op}) cannot be converted "
+                              f"to full int8: {reason}, and {_WHY}. Give the model's Input a "
+                              f"fixed number of steps, or {_INSTEAD}")
         rule.apply(g, match)
     copy = to_keras(g, backend=next(iter(g)).source)  # the caller's Keras: 3 or tf_keras
     left = _rolled_layers(copy)
     if left:  # an opaque layer that could not be rebuilt from its changed config
-        raise ExportError(f"layer '{left[0]}' could not be unrolled (its class did not "
-                          "rebuild from its config with unroll=True), and TFLite's int8 "
-                          "calibrator crashes the process on a recurrent loop "
-                          "(tensorflow#62281): build it with unroll=True, or export it with "
-                          "quantize=None or 'float16'")
+        raise ExportError(f"layer '{left[0]}' could not be unrolled (its class did not rebuild "
+                          f"from its config with unroll=True), and {_WHY}: build it with "
+                          f"unroll=True, or {_INSTEAD}")
     return copy
 
 
