@@ -59,3 +59,23 @@ def test_int8_file_leaves_only_the_rsqrt_to_tflite(int8_before_after):
     before, after = int8_before_after(m, ExpandLayerNorm(), 32)
     assert "SQUARED_DIFFERENCE(int8)" in before.fallback_ops
     assert after.fallback_ops == {"RSQRT(int8)": 1}
+
+
+def test_retraining_leaves_the_statistics_alone():
+    """The search distils every model it keeps: a ConvNeXt-style model went to chance after
+    five epochs when the variance's Dense weights were trainable (a negative variance, a NaN
+    rsqrt). They are frozen; gamma and beta still train."""
+    from kopt.flows.distill import retrain
+
+    m = _tokens(L.LayerNormalization(name="ln"))
+    out = check_rule(m, ExpandLayerNorm(), applied=1).model
+    frozen = {layer.name: [w.copy() for w in layer.get_weights()] for layer in out.layers
+              if layer.name in ("ln_mean", "ln_var")}
+    affine = out.get_layer("ln_affine").get_weights()[0].copy()
+    x = np.random.default_rng(0).normal(size=(64, 9, 12)).astype("float32")
+    retrain(out, teacher=m, data=x, epochs=3, learning_rate=0.05)
+    for name, weights in frozen.items():
+        for before, after in zip(weights, out.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(before, after)
+    assert not np.array_equal(affine, out.get_layer("ln_affine").get_weights()[0])
+    assert np.isfinite(out.predict(x, verbose=0)).all()
