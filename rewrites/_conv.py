@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import numpy as np
 
 from kopt.ir import Graph, Node
@@ -118,3 +119,19 @@ def per_pixel_chain(g: Graph, head: Node) -> list[Node]:
             return chain
         chain.append(nxt)
         node = nxt
+
+
+def new_node(g: Graph, base: str, make: Any, shape: tuple, dtypes: list,
+             weights: dict | None = None) -> Node:
+    """A node (not yet added to `g`) for the Keras layer, or Keras 3 operation, that
+    `make(name=...)` builds under a fresh name from `base`: its config, `weights` as float32 in
+    the order given (kernel before bias), output `shape` and `dtypes`. An operation (rsqrt) is
+    an opaque node the emitter calls as it is."""
+    name = g.unique_name(base)
+    op = make(name=name)
+    values = {k: np.asarray(v, np.float32) for k, v in (weights or {}).items()}
+    if isinstance(op, keras.layers.Layer):
+        return Node(name=name, op=type(op).__name__, config=op.get_config(), weights=values,
+                    output_shapes=[tuple(shape)], output_dtypes=list(dtypes))
+    return Node(name=name, op=f"ops.{type(op).__name__}", config={}, output_shapes=[tuple(shape)],
+                output_dtypes=list(dtypes), layer_class=type(op), source="keras", layer=op)

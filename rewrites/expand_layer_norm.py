@@ -41,8 +41,9 @@ import keras
 import numpy as np
 from keras.src.ops.math import Rsqrt
 
-from kopt.ir import Graph, Node
+from kopt.ir import Graph
 from kopt.rewriting import Match, Rule, register
+from rewrites._conv import new_node
 
 DEPTHWISE = {3: keras.layers.DepthwiseConv1D, 4: keras.layers.DepthwiseConv2D}
 
@@ -91,9 +92,8 @@ class ExpandLayerNorm(Rule):
         inputs = [(s, p) for s, p, _ in g.in_edges(node.name)]
 
         def add(base: str, op: Any, reads: list, out_shape: tuple, **weights: np.ndarray) -> str:
-            new = _node(g, f"{node.name}_{base}", op, out_shape, node.output_dtypes)
-            new.weights = weights
-            g.add(new)
+            new = g.add(new_node(g, f"{node.name}_{base}", op, out_shape, node.output_dtypes,
+                                 weights))
             g.set_inputs(new.name, reads)
             return new.name
 
@@ -121,15 +121,3 @@ class ExpandLayerNorm(Rule):
                        [(last, 0)], shape, **weights)
         g.rewire(node.name, last)
         g.remove(node.name)
-
-
-def _node(g: Graph, base: str, make: Any, shape: tuple, dtypes: list) -> Node:
-    """A new node for the Keras layer or operation `make(name=...)` builds, named after the
-    layer it replaces."""
-    name = g.unique_name(base)
-    op = make(name=name)
-    if isinstance(op, keras.layers.Layer):
-        return Node(name=name, op=type(op).__name__, config=op.get_config(),
-                    output_shapes=[shape], output_dtypes=list(dtypes))
-    return Node(name=name, op=f"ops.{type(op).__name__}", config={}, output_shapes=[shape],
-                output_dtypes=list(dtypes), layer_class=type(op), source="keras", layer=op)

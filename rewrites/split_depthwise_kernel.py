@@ -41,7 +41,7 @@ import numpy as np
 from kopt.ir import Graph, Node
 from kopt.ir.ops import channels_last
 from kopt.rewriting import Match, Rule, register
-from rewrites._conv import pair2
+from rewrites._conv import new_node, pair2
 
 MAX_TAPS = 25
 """The most taps XNNPACK's depthwise conv runs in one pass (measured: see the docstring)."""
@@ -155,19 +155,14 @@ def _depthwise(g: Graph, conv: Node, base: str, weights: dict, **config: object)
     """A DepthwiseConv2D part of `conv` (a DepthwiseConv2D, or a Conv2D with one channel per
     group, which the converter writes as a slow CONV_2D all the same), "same" padded, stride 1,
     its size from its kernel."""
-    name = g.unique_name(base)
     kernel = weights["kernel"]
-    layer = keras.layers.DepthwiseConv2D(kernel.shape[:2], padding="same",
-                                         depth_multiplier=kernel.shape[3],
-                                         use_bias="bias" in weights, name=name,
-                                         dtype=conv.config.get("dtype"), **config)
-    return Node(name=name, op="DepthwiseConv2D", config=layer.get_config(),
-                weights={k: np.asarray(v, np.float32) for k, v in weights.items()},
-                output_shapes=[conv.output_shape], output_dtypes=list(conv.output_dtypes))
+    return new_node(g, base, lambda name: keras.layers.DepthwiseConv2D(
+        kernel.shape[:2], padding="same", depth_multiplier=kernel.shape[3],
+        use_bias="bias" in weights, name=name, dtype=conv.config.get("dtype"), **config),
+        conv.output_shape, conv.output_dtypes, weights)
 
 
 def _layer(g: Graph, like: Node, cls: type, base: str, **config: object) -> Node:
     """A new weightless node (an Add or an Activation) with `like`'s output shape and type."""
-    name = g.unique_name(base)
-    return g.add(Node(name=name, op=cls.__name__, config=cls(name=name, **config).get_config(),
-                      output_shapes=[like.output_shape], output_dtypes=list(like.output_dtypes)))
+    return g.add(new_node(g, base, lambda name: cls(name=name, **config), like.output_shape,
+                          like.output_dtypes))
