@@ -31,7 +31,7 @@ import numpy as np
 
 from kopt.ir import Graph, Node
 from kopt.rewriting import Match, Rule, register
-from rewrites._conv import activation_name
+from rewrites._conv import activation_name, new_node
 from rewrites._linear import FOLDS_INTO
 
 DEPTHWISE = {3: keras.layers.DepthwiseConv1D, 4: keras.layers.DepthwiseConv2D}
@@ -91,11 +91,9 @@ class ReluAsDepthwise(Rule):
         node = m.relu
         rank = len(node.output_shape)
         channels = int(node.output_shape[-1])
-        name = g.unique_name(f"{node.name}_as_depthwise")
-        layer = DEPTHWISE[rank](1, use_bias=False, activation=relu_name(node), name=name)
         kernel = np.ones((1,) * (rank - 2) + (channels, 1), np.float32)
-        conv = Node(name=name, op=DEPTHWISE[rank].__name__, config=layer.get_config(),
-                    weights={"kernel": kernel}, output_shapes=list(node.output_shapes),
-                    output_dtypes=list(node.output_dtypes))
+        conv = new_node(g, f"{node.name}_as_depthwise", lambda name: DEPTHWISE[rank](
+            1, use_bias=False, activation=relu_name(node), name=name), node.output_shape,
+            node.output_dtypes, {"kernel": kernel})
         g.replace([node.name], conv, [(s, p) for s, p, _ in g.in_edges(node.name)],
                   output_of=node.name)
