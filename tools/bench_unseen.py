@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             print(f"{kind:<12} seed {seed} asked {r['asked']:g}x: measured {r['measured']:.2f}x "
                   f"({r['ms_ptq']:.4f} -> {r['ms_search']:.4f} ms), int8 test acc "
-                  f"{r['acc_ptq']:.4f} -> {r['acc_search']:.4f} ({r['drop_pt']:+.2f} pt), "
+                  f"{r['acc_ptq']:.4f} -> {r['acc_search']:.4f} "
+                  f"({-r['drop_pt']:+.2f} pt: search - PTQ), "
                   f"{r['search_s']:.0f} s; {r['message']}", flush=True)
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1, default=float)
