@@ -10,11 +10,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 
 import ctypes  # noqa: E402
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from kopt.testing import assert_same_function, randomize_weights  # noqa: E402, F401
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 # Tests that take long: run them first so that no worker is left with one of them at the end.
 # Order among them is collection order; everything else follows in collection order.
@@ -86,3 +91,18 @@ def int8_before_after(tmp_path):
                 export_tflite(after, tmp_path / "after.tflite", x))
 
     return export
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """load_tool(name) -> tools/<name>.py as a module (tools/ is not a package), executed afresh
+    and registered in sys.modules under `name`: dataclasses look their module up there."""
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+

@@ -1,23 +1,13 @@
 """tools/arm_check.py's pure parts on synthetic arrays: the verdicts, the Features line, the
 cpuinfo files and the guest runner's source. No qemu, no model: fast."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def arm():
-    spec = importlib.util.spec_from_file_location("arm_check", REPO / "tools/arm_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["arm_check"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def arm(load_tool):
+    return load_tool("arm_check")
 
 
 def int8(values):

@@ -1,24 +1,15 @@
 """tools/bench_search.py's plot on made-up rows: no training, no search, no timing."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("matplotlib")
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_search", REPO / "tools/bench_search.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_search"] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_tool):
+    return load_tool("bench_search")
 
 
 def _row(model, asked, ms_search, extra=True):

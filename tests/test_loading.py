@@ -6,7 +6,6 @@ refusal test asserts the marker never appears, and `test_armed_files_do_run_code
 proves the files really are armed.
 """
 
-import importlib.util
 import json
 import os
 import pickle
@@ -125,16 +124,9 @@ def test_python_m_kopt_refuses_armed_file(files):
     assert "Traceback" not in proc.stderr
 
 
-def _export_tool():
-    spec = importlib.util.spec_from_file_location("export_tflite", REPO / "tools/export_tflite.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_export_tool_refuses_armed_file(files, capsys):
+def test_export_tool_refuses_armed_file(files, capsys, load_tool):
     out = files["dir"] / "tool.tflite"
-    assert _export_tool().main([str(files["armed_tfk.h5"]), "-o", str(out)]) == 2
+    assert load_tool("export_tflite").main([str(files["armed_tfk.h5"]), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("export_tflite: error: ") and "--unsafe" in err
     _refusal_checks(files, err)
@@ -444,7 +436,7 @@ def test_pickled_data_is_refused_and_never_runs(armed_data, name):
     assert marker.exists()
 
 
-def test_cli_and_tool_refuse_pickled_data(files, armed_data, capsys):
+def test_cli_and_tool_refuse_pickled_data(files, armed_data, capsys, load_tool):
     d, marker = armed_data
     model = str(files["k3.keras"])
     runs = [
@@ -458,7 +450,7 @@ def test_cli_and_tool_refuse_pickled_data(files, armed_data, capsys):
         assert run() == 2
         err = capsys.readouterr().err
         assert err.startswith("kopt: error: ") and "pickled" in err and err.count("\n") == 1
-    assert _export_tool().main([model, "-o", str(d / "t.tflite"), "--data",
+    assert load_tool("export_tflite").main([model, "-o", str(d / "t.tflite"), "--data",
                                 str(d / "pickle.npy")]) == 2
     assert "pickled" in capsys.readouterr().err
     assert not marker.exists()

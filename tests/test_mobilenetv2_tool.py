@@ -2,24 +2,16 @@
 steps carry val_acc, the latency search's val_score and measured ms (a search run once ended
 in a KeyError here, after 20 minutes, before writing its JSON)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+import pytest
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("mobilenetv2_digits",
-                                                  REPO / "tools/mobilenetv2_digits.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["mobilenetv2_digits"] = module
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def tool(load_tool):
+    return load_tool("mobilenetv2_digits")
 
 
-def test_steps_of_both_flows_print(capsys):
-    _tool().print_steps([
+def test_steps_of_both_flows_print(tool, capsys):
+    tool.print_steps([
         dict(step="prune 0.5", params=10, macs=20, val_acc=0.97, kept=True),
         dict(step="1: merge block_2_add", params=9, macs=18, val_score=0.9635,
              measured_ms=0.0873, kept=True),
