@@ -34,7 +34,7 @@ tf_keras layers (the rsqrt is a Keras 3 operation); shared layers.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import keras
@@ -42,24 +42,21 @@ import numpy as np
 from keras.src.ops.math import Rsqrt
 
 from kopt.ir import Graph
-from kopt.rewriting import Match, Rule, register
+from kopt.rewriting import Match, PlacedRule, register
 from rewrites._conv import new_node
 
 DEPTHWISE = {3: keras.layers.DepthwiseConv1D, 4: keras.layers.DepthwiseConv2D}
 
 
 @register(exact=True, default=False)
-class ExpandLayerNorm(Rule):
+class ExpandLayerNorm(PlacedRule):
     """LayerNormalization(axis=-1) -> mean, centre, variance, rsqrt, product, gamma/beta.
 
     only: the names of the LayerNormalization layers to expand, or None for every one."""
 
-    def __init__(self, only: Collection[str] | None = None):
-        self.only = None if only is None else set(only)
-
     def matches(self, g: Graph) -> Iterator[Match]:
         for node in g.nodes_of("LayerNormalization"):
-            if self.only is None or node.name in self.only:
+            if self.chosen(node.name):
                 yield Match(norm=node)
 
     def reject(self, g: Graph, m: Match) -> str | None:

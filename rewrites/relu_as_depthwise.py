@@ -24,13 +24,13 @@ channels-last feature maps (a Dense output: no depthwise conv there).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 
 import keras
 import numpy as np
 
 from kopt.ir import Graph, Node
-from kopt.rewriting import Match, Rule, register
+from kopt.rewriting import Match, PlacedRule, register
 from rewrites._conv import activation_name, new_node
 from rewrites._linear import FOLDS_INTO
 
@@ -61,17 +61,14 @@ def _fused_before(g: Graph, node: Node) -> bool:
 
 
 @register(exact=True, default=False)
-class ReluAsDepthwise(Rule):
+class ReluAsDepthwise(PlacedRule):
     """ReLU(x) -> DepthwiseConv(1, weights 1, activation relu / relu6)(x).
 
     only: the names of the ReLU layers to rewrite, or None for every one."""
 
-    def __init__(self, only: Collection[str] | None = None):
-        self.only = None if only is None else set(only)
-
     def matches(self, g: Graph) -> Iterator[Match]:
         for node in g.nodes_of("ReLU", "Activation"):
-            if self.only is None or node.name in self.only:
+            if self.chosen(node.name):
                 yield Match(relu=node)
 
     def reject(self, g: Graph, m: Match) -> str | None:

@@ -33,14 +33,14 @@ taps (9x9 and up), channels_first, shared layers.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 
 import keras
 import numpy as np
 
 from kopt.ir import Graph, Node
 from kopt.ir.ops import channels_last
-from kopt.rewriting import Match, Rule, register
+from kopt.rewriting import Match, PlacedRule, register
 from rewrites._conv import new_node, pair2
 
 MAX_TAPS = 25
@@ -59,21 +59,18 @@ def split_axis(kernel_size: tuple[int, int]) -> int | None:
 
 
 @register(exact=True, default=False)
-class SplitDepthwiseKernel(Rule):
+class SplitDepthwiseKernel(PlacedRule):
     """DepthwiseConv2D(k_h x k_w > 25 taps), or a Conv2D with groups == channels (Keras'
     ConvNeXt writes its depthwise convs so) -> the sum of (k_h x 3) depthwise parts dilated
     1..r.
 
     only: the names of the depthwise convs to split, or None for every one."""
 
-    def __init__(self, only: Collection[str] | None = None):
-        self.only = None if only is None else set(only)
-
     def matches(self, g: Graph) -> Iterator[Match]:
         for node in g.nodes_of("DepthwiseConv2D", "Conv2D"):
             if node.op == "Conv2D" and node.config.get("groups", 1) == 1:
                 continue  # a plain conv: its taps are not per channel
-            if self.only is None or node.name in self.only:
+            if self.chosen(node.name):
                 yield Match(conv=node)
 
     def reject(self, g: Graph, m: Match) -> str | None:

@@ -27,14 +27,14 @@ would need a layer of its own), a layer whose output is also read elsewhere, a s
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 
 import keras
 import numpy as np
 
 from kopt.ir import Graph, Node
 from kopt.ir.ops import channels_last
-from kopt.rewriting import Match, Rule, register
+from kopt.rewriting import Match, PlacedRule, register
 from rewrites._conv import derive, reads_only
 from rewrites._linear import FOLDS_INTO, bn_affine, bn_axis_is_last, out_channels, \
     scale_output_channels
@@ -43,18 +43,15 @@ HARD_SWISH = {"hard_swish", "hard_silu"}
 
 
 @register(exact=True, default=False)
-class SplitHardSwish(Rule):
+class SplitHardSwish(PlacedRule):
     """layer (+ BN) + hard-swish -> layer/6 * relu6(layer + 3), the second a copy of the layer.
 
     only: the names of the layers (conv / Dense) to split after, or None for every one (a
     flow that prices each place on its own passes those it keeps)."""
 
-    def __init__(self, only: Collection[str] | None = None):
-        self.only = None if only is None else set(only)
-
     def matches(self, g: Graph) -> Iterator[Match]:
         for m in self._all_matches(g):
-            if self.only is None or (m.lin is not None and m.lin.name in self.only):
+            if self.chosen(m.lin.name if m.lin is not None else None):
                 yield m
 
     def _all_matches(self, g: Graph) -> Iterator[Match]:

@@ -25,7 +25,7 @@ The contract (the pass manager relies on each point):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from kopt.ir import Graph, Node
@@ -82,3 +82,18 @@ class Rule:
 
     def __repr__(self) -> str:
         return f"<rule {self.name}>"
+
+
+class PlacedRule(Rule):
+    """A rule a flow may apply at chosen places only (kopt.flows.for_runtime prices each place
+    and passes those it keeps). only: the names of the places, as `places(g, role)` gives them
+    for the rule's role, or None for every place; `matches` yields a match only where
+    `chosen(name)`."""
+
+    def __init__(self, only: Collection[str] | None = None):
+        self.only = None if only is None else set(only)
+
+    def chosen(self, name: str | None) -> bool:
+        """Whether the place `name` is one to rewrite."""
+        return self.only is None or name in self.only
+
