@@ -20,9 +20,9 @@ kept model that is within it is returned instead, and the result says plainly th
 was not reached and what was.
 
 optimize(..., target=) starts the search from the exact rewrites that kopt.flows.for_runtime
-measured faster on the target runtime (`start=`: int8 hard-swishes and standalone int8 ReLUs
-that XNNPACK does not take, written with ops it does); the speed-up is still over the model as
-given.
+measured faster on the target runtime (`start=`: ops XNNPACK does not take or runs on a slow
+path, written with ops it runs well; for_runtime.RULES lists them); the speed-up is still over
+the model as given.
 
 The evaluation is passed in (score, finetune), so the loop does not depend on the form of the
 data: `accuracy_scorer` and `distiller` build them from arrays; kopt.flows.targeted builds them
