@@ -519,3 +519,25 @@ def test_a_candidate_measured_past_the_goal_gives_way(tmp_path, fake_runtime):
     assert res.model.get_layer("c1").filters == 32 and res.model.get_layer("c2").filters < 32
     held = [s for s in res.steps if "c1" in s["step"] and "prune" in s["step"]]
     assert held and not any(s["kept"] for s in held)
+
+
+def test_a_move_past_the_goal_is_taken_when_none_short_of_it_measures_faster(
+        tmp_path, coarse_and_fine_tiles, monkeypatch):
+    """Asked for 1.15x, where only the wide conv's tile cut (1.66x, past the overshoot allowed)
+    runs faster and the fine conv's cuts measure no faster (a Xeon with AMX, where narrower
+    int8 convs cost the same): the cut past the goal is taken rather than none."""
+    model = _wide_and_fine()
+    lm = LatencyModel(cache_dir=tmp_path)
+    slow = lm.predict(from_keras(model))
+
+    def measured(self, m, runs=None):
+        return self.predict(m) if m.get_layer("wide").filters < 64 else slow
+
+    monkeypatch.setattr(LatencyModel, "measure", measured)
+    monkeypatch.setattr(LatencyModel, "measure_side_by_side",
+                        lambda self, models, runs=None: [measured(self, m) for m in models])
+    res = latency_search(model, Target(speedup=1.15), lambda m: 1.0, latency=lm, max_drop=1.0)
+    assert res.reached and res.speedup > 1.6, res.message
+    assert res.model.get_layer("wide").filters == 32
+    fine = [s for s in res.steps if "prune fine" in s["step"]]
+    assert fine and not any(s["kept"] for s in fine)  # tried first, measured no faster

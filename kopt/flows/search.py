@@ -137,30 +137,31 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     None: no training, candidates are judged as they are); calibration: input samples for the
     ranking error and for data-driven pruning criteria (None: moves are ranked by the MACs they
     take); latency: the LatencyModel to predict and measure with (default: this machine's; it
-    must time target.runtime and threads); step: the predicted cut asked of each iteration, as
-    a share of the predicted latency of the model the search starts from; criterion: how
-    channels are chosen ("l1", "bn_gamma", or "entropy" with calibration); rules: extra (name,
+    must time target.runtime and threads); step: the predicted cut asked of each iteration, as a
+    share of the predicted latency of the model the search starts from; criterion: how channels
+    are chosen ("l1", "bn_gamma", or "entropy" with calibration); rules: extra (name,
     approximate rule) moves offered every iteration; shortlists: how many shortlists of top_k
-    moves, in rank order, an iteration may fine-tune and measure before it gives up; margin:
-    the search aims this share below the goal, so that measurement noise does not decide
-    whether the target is met; overshoot: a move predicted to end more than this share past the
-    goal (a whole XNNPACK tile cut when a sliver was left) gives way to the moves that do not,
-    when there are any, or to such a cut made on an earlier model (_backtrack); a candidate
+    moves, in rank order, an iteration may fine-tune and measure before it gives up; margin: the
+    search aims this share below the goal, so that measurement noise does not decide whether the
+    target is met; overshoot: a move predicted to end more than this share past the goal (a
+    whole XNNPACK tile cut when a sliver was left) gives way to the moves that do not, when
+    there are any, or to such a cut made on an earlier model (_backtrack); a candidate
     *measured* that far past it is kept only when no other of its shortlist is measured faster
-    and short of that. For a speed-up every model is measured side by side with the original
-    (the machine drifts by 2-5% in minutes, more than the noise of one measurement), and once
-    more before the search calls the goal met. shipped: what a model becomes before it ships
-    (optimize() passes its exact pass, unverified): every model but the original is measured as
-    that, so the search stops where the shipped model meets the goal; the returned model is not
-    passed through it. crawl: the search stops, the target not reached, when this many kept
-    iterations in a row each cut less than a quarter of the step asked, as measured (0: never):
-    the runtime's time is then in what the moves cannot touch (MobileNetV3Small at 64x64 before
-    split_hard_swish: per-op costs of its squeeze-excite and hard-swish ops; 1-2% an iteration,
-    75 s each), and going on would take half an hour to fail. No search that reached its goal
-    in 47 benchmark logs had two such iterations in a row. start: an exact rewrite of `model`
-    to start from (the one kopt.flows.for_runtime chose for the runtime); the speed-up is still
-    over `model`, and `start` is neither fine-tuned nor distilled unless a move is kept on top
-    of it."""
+    and short of that; the moves left out get their turn when none of the others measures faster
+    (past the goal is better than short of it). For a speed-up every model is measured side by
+    side with the original (the machine drifts by 2-5% in minutes, more than the noise of one
+    measurement), and once more before the search calls the goal met. shipped: what a model
+    becomes before it ships (optimize() passes its exact pass, unverified): every model but the
+    original is measured as that, so the search stops where the shipped model meets the goal;
+    the returned model is not passed through it. crawl: the search stops, the target not
+    reached, when this many kept iterations in a row each cut less than a quarter of the step
+    asked, as measured (0: never): the runtime's time is then in what the moves cannot touch
+    (MobileNetV3Small at 64x64 before split_hard_swish: per-op costs of its squeeze-excite and
+    hard-swish ops; 1-2% an iteration, 75 s each), and going on would take half an hour to fail.
+    No search that reached its goal in 47 benchmark logs had two such iterations in a row.
+    start: an exact rewrite of `model` to start from (the one kopt.flows.for_runtime chose for
+    the runtime); the speed-up is still over `model`, and `start` is neither fine-tuned nor
+    distilled unless a move is kept on top of it."""
     lm = latency or LatencyModel(target.runtime, target.threads)
     if (lm.runtime, lm.threads) != (target.runtime, target.threads):
         raise SearchTargetError(f"the latency model times {lm.runtime} with {lm.threads} "
@@ -191,6 +192,28 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     cut = step * predicted
     # the bar shows the measured ms cut so far out of the cut the goal asks for
     with progress_to(points[0].measured_ms - goal, progress, "search") as bar:
+        def trial(it: int, cand: Candidate, past_ok: bool = False) -> tuple[bool, bool]:
+            """Measure a fine-tuned candidate and log its row: (it lowers the latency by
+            min_gain without losing beyond recovery, it does so past the goal by more than
+            the overshoot allowed; never with past_ok)."""
+            bar.doing(f"measuring {cand.name}")
+            try:
+                cand.measured_ms = clock(cand.model)
+            except RuntimeError as err:  # LiteRT could not prepare its file
+                steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
+                                  math.nan, cand.score, False, cand.error))
+                _say(f"search: {it}: {cand.name} does not run on {target.runtime} "
+                     f"({err}): rejected", progress)
+                return False, False
+            lost = base - cand.score > _BEYOND_RECOVERY * max_drop
+            ok = cand.measured_ms < measured * (1 - min_gain) and not lost
+            past = ok and not past_ok and cand.measured_ms * (1 + overshoot) < goal
+            steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
+                              cand.measured_ms, cand.score, ok and not past, cand.error))
+            _say(_line(steps[-1]) + (" (past the goal: held)" if past else "")
+                 + (" (lost beyond what distillation recovers)" if lost else ""), progress)
+            return ok, past
+
         for it in range(1, max_iterations + 1):
             if measured <= aim and current is not model:  # once more: one reading's noise
                 measured = clock(current)                   # must not decide the target
@@ -201,8 +224,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
             bar.doing("pricing moves")
             budget = min(cut, predicted - _floor(lm), _remaining(predicted, measured, aim))
             floor = predicted * goal / measured / (1 + overshoot)
-            moves, short, found = _moves(g, lm, predicted, budget, floor, criterion,
-                                         calibration, min_channels, rules or [])
+            moves, beyond, short, found = _moves(g, lm, predicted, budget, floor, criterion,
+                                                 calibration, min_channels, rules or [])
             reach_table = found.table
             if not moves:
                 stop = "no move is predicted to lower the latency" + _reach_summary(reach_table)
@@ -232,24 +255,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
             for batch, k in tries:
                 for cand in _shortlist(batch, k, finetune, short_epochs, score, bar,
                                        predicted if short else None, points[-1].score):
-                    bar.doing(f"measuring {cand.name}")
-                    try:
-                        cand.measured_ms = clock(cand.model)
-                    except RuntimeError as err:  # LiteRT could not prepare its file
-                        steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
-                                          math.nan, cand.score, False, cand.error))
-                        _say(f"search: {it}: {cand.name} does not run on {target.runtime} "
-                             f"({err}): rejected", progress)
-                        continue
-                    lost = base - cand.score > _BEYOND_RECOVERY * max_drop
-                    ok = cand.measured_ms < measured * (1 - min_gain) and not lost
-                    past = ok and cand.measured_ms * (1 + overshoot) < goal
-                    steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
-                                      cand.measured_ms, cand.score, ok and not past,
-                                      cand.error))
-                    _say(_line(steps[-1]) + (" (past the goal: held)" if past else "")
-                         + (" (lost beyond what distillation recovers)" if lost else ""),
-                         progress)
+                    ok, past = trial(it, cand)
                     if past:
                         held = held or (cand, steps[-1])
                     elif ok:
@@ -261,6 +267,19 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                 accepted, held[1]["kept"] = held[0], True
                 _say(f"search: {accepted.name} kept: no other candidate landed short of the "
                      "overshoot", progress)
+            if accepted is None and beyond:
+                # the moves left out for going past the goal: better past it than short of it
+                # (the tree example on a Xeon with AMX, asked for 2x: width cuts measured no
+                # faster, the block merge left out gave 3.4x)
+                bar.doing(f"trying the {len(beyond)} moves that go past the goal")
+                _say(f"search: {it}: no move short of the goal measured faster; trying the "
+                     f"{len(beyond)} that go past it", progress)
+                _rank(beyond, reference, calibration)
+                for cand in _shortlist(beyond, top_k, finetune, short_epochs, score, bar):
+                    ok, _ = trial(it, cand, past_ok=True)
+                    if ok:
+                        accepted = cand
+                        break
             if accepted is None:
                 stop = (f"no candidate of iteration {it} lowered the measured latency by "
                         f"{min_gain:.0%} ({measured:.4f} ms) within "
@@ -310,8 +329,10 @@ def _remaining(predicted: float, measured: float, goal: float, margin: float = 0
 
 def _moves(g: Any, lm: LatencyModel, current: float, budget: float, floor: float,
            criterion: str, calibration: Any, min_channels: int,
-           rules: list[tuple[str, Rule]]) -> tuple[list[Candidate], bool, ChannelMoves]:
-    """(the moves to rank, whether they fall short of the budget, all channel moves found).
+           rules: list[tuple[str, Rule]]
+           ) -> tuple[list[Candidate], list[Candidate], bool, ChannelMoves]:
+    """(the moves to rank, those left out for ending past the floor, whether the moves fall
+    short of the budget, all channel moves found).
 
     The moves that cut `budget` off the `current` predicted ms, less those that end below
     `floor` (the goal less the allowed overshoot, in predicted ms) when any does not: a
@@ -322,11 +343,13 @@ def _moves(g: Any, lm: LatencyModel, current: float, budget: float, floor: float
     short of the floor if any (and _combine adds the groups' first cuts taken together)."""
     found = channel_candidates(g, lm, current, budget, criterion, calibration, min_channels)
     rule_moves, rule_fallbacks = rule_candidates(g, lm, current, budget, rules)
-    moves = found.moves + rule_moves
-    if moves:
-        return [c for c in moves if c.predicted_ms >= floor] or moves, False, found
-    short = found.fallbacks + rule_fallbacks
-    return [c for c in short if c.predicted_ms >= floor] or short, True, found
+    moves, short = found.moves + rule_moves, not (found.moves or rule_moves)
+    if short:
+        moves = found.fallbacks + rule_fallbacks
+    within = [c for c in moves if c.predicted_ms >= floor]
+    if not within:
+        return moves, [], short, found
+    return within, [c for c in moves if c.predicted_ms < floor], short, found
 
 
 def _combine(g: Any, lm: LatencyModel, current: float, budget: float, floor: float,
