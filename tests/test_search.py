@@ -541,3 +541,43 @@ def test_a_move_past_the_goal_is_taken_when_none_short_of_it_measures_faster(
     assert res.model.get_layer("wide").filters == 32
     fine = [s for s in res.steps if "prune fine" in s["step"]]
     assert fine and not any(s["kept"] for s in fine)  # tried first, measured no faster
+
+
+def test_a_rule_move_past_the_goal_is_made_on_an_earlier_model(tmp_path, coarse_and_fine_tiles):
+    """_backtrack takes rule moves too: removing the "extra" conv from the current model (the
+    fine conv after it already cut) ends past the floor; removed from the original it lands between
+    the floor and the aim, so that is the move offered, marked as made on the original."""
+    from kopt.flows.candidates import Candidate, prune_to
+    from kopt.flows.search import _backtrack, _Point
+    from kopt.keras_io import to_keras
+    from kopt.rewriting import PassManager
+    from rewrites.remove_layer import RemoveLayer
+
+    x = inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(64, 3, padding="same", activation="relu", name="wide")(x)
+    x = L.Conv2D(64, 3, padding="same", activation="relu", name="extra")(x)
+    x = L.Conv2D(32, 3, padding="same", activation="relu", name="fine")(x)
+    model = keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D(name="gap")(x)))
+    lm = LatencyModel(cache_dir=tmp_path)
+    g = from_keras(model)
+    fine = next(gr for gr in channel_groups(g) if "fine" in gr.key)
+    cut = prune_to(g, fine, 8)
+    rule = RemoveLayer(only="extra")
+
+    def removed(graph):
+        return PassManager([rule], verify=False).run(graph)[0]
+
+    points = [_Point(model, 1.0, lm.predict(g), 1.0, "original"),
+              _Point(to_keras(cut), 0.9, lm.predict(cut), 1.0, "prune fine")]
+    on_current, on_original = lm.predict(removed(cut)), lm.predict(removed(g))
+    assert on_current < on_original < points[-1].predicted_ms
+    move = Candidate("remove extra", removed(cut), on_current, info={"rule": rule})
+    floor = (on_current + on_original) / 2
+    back = _backtrack(points, [move], lm, floor, on_original * 1.01, "l1", None)
+    assert back is not None and back.name == "remove extra (from original)"
+    assert back.info["from"] == 0 and back.info["rule"] is rule
+    assert back.predicted_ms == pytest.approx(on_original)
+    assert "extra" not in {n.name for n in back.graph.nodes_of("Conv2D")}
+    # past the floor from every model: no landing
+    assert _backtrack(points, [move], lm, on_original * 1.01, on_original * 1.02, "l1",
+                      None) is None

@@ -147,7 +147,7 @@ def combined_move(g: Graph, lm: LatencyModel, current_ms: float, cut_ms: float,
     blocks, taken where they cost least, make the step the iteration asked for."""
     out, taken, predicted = g, [], current_ms
     for cut in cuts:
-        trial = _again(out, cut)
+        trial = made_on(out, cut)
         if trial is None:
             continue
         trial_ms = lm.predict(trial)
@@ -163,7 +163,7 @@ def combined_move(g: Graph, lm: LatencyModel, current_ms: float, cut_ms: float,
     return Candidate(", ".join(names), out, predicted, info={"combined": names})
 
 
-def _again(g: Graph, move: Candidate) -> Graph | None:
+def made_on(g: Graph, move: Candidate) -> Graph | None:
     """`move` made on `g` (a graph other than the one it was found on), or None where it no
     longer applies."""
     info = move.info

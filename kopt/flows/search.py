@@ -47,6 +47,7 @@ from kopt.flows.candidates import (
     ChannelMoves,
     channel_candidates,
     combined_move,
+    made_on,
     prune_to,
     rule_candidates,
 )
@@ -214,6 +215,21 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                  + (" (lost beyond what distillation recovers)" if lost else ""), progress)
             return ok, past
 
+        def earlier(it: int, past: list[Candidate], floor: float, aim_predicted: float
+                    ) -> Candidate | None:
+            """Before a move past the goal is taken: the same move made on an earlier kept
+            model (_backtrack), fine-tuned and measured; None where there is none, or it does
+            not measure faster short of the overshoot."""
+            back = _backtrack(points, past, lm, floor, aim_predicted, criterion, calibration)
+            if back is None:
+                return None
+            _say(f"search: {it}: before a move past the goal, {back.name}", progress)
+            for cand in _shortlist([back], 1, finetune, short_epochs, score, bar):
+                ok, past_goal = trial(it, cand)
+                if ok and not past_goal:
+                    return cand
+            return None
+
         for it in range(1, max_iterations + 1):
             if measured <= aim and current is not model:  # once more: one reading's noise
                 measured = clock(current)                   # must not decide the target
@@ -263,6 +279,9 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                         break
                 if accepted is not None or held is not None:
                     break
+            if accepted is None and (held is not None or beyond):
+                accepted = earlier(it, [held[0]] if held is not None else beyond, floor,
+                                   predicted * aim / measured)
             if accepted is None and held is not None:
                 accepted, held[1]["kept"] = held[0], True
                 _say(f"search: {accepted.name} kept: no other candidate landed short of the "
@@ -385,7 +404,7 @@ def _landings(points: list[_Point], moves: list[Candidate], first_cuts: list[Can
               floor: float, aim: float, criterion: str, calibration: Any) -> list[Candidate]:
     """When every move that gives the iteration's cut ends past the goal by more than the
     overshoot allowed (floor, in predicted ms), the moves that stop short of the floor
-    instead, to be tried first, the one that cuts most first: one of those channel cuts made
+    instead, to be tried first, the one that cuts most first: one of those moves made
     on an earlier kept model (_backtrack), and the groups' first cuts taken together, the
     least error per ms first. Either may stop short of the aim too: the search then goes on
     from it, with a smaller sliver left for the next iteration's cuts (a DenseNet-style model
@@ -406,37 +425,52 @@ def _landings(points: list[_Point], moves: list[Candidate], first_cuts: list[Can
 def _backtrack(points: list[_Point], moves: list[Candidate], lm: LatencyModel, floor: float,
                aim: float, criterion: str, calibration: Any) -> Candidate | None:
     """When every move that gives the iteration's cut ends past the goal by more than the
-    overshoot allowed (floor, in predicted ms): one of those channel cuts made on an earlier
-    kept model instead. The first, the latest model first (it keeps the most work done), that
-    lands between the floor and the aim; else the first that lands between the floor and the
-    current model, from which the search goes on (each kept model measures faster than the
-    one before, so it cannot go round in circles).
+    overshoot allowed (floor, in predicted ms): one of those moves made on an earlier kept
+    model instead (a channel cut, chosen again there by `criterion`, or a rule move). The
+    first, the latest model first (it keeps the most work done), that lands between the floor
+    and the aim; else the first that lands between the floor and the current model, from which
+    the search goes on (each kept model measures faster than the one before, so it cannot go
+    round in circles).
 
     The residual example asked for 2x: its greedy path halved a block conv and merged a block
     (1.75x), and the only move left, the stem halved, ended at 3x; the stem halved on the
-    original gives 1.85x, and the block merge after it 2.12x."""
-    cuts = [c for c in moves if "group" in c.info]
+    original gives 1.85x, and the block merge after it 2.12x. The tree example on a Xeon with
+    AMX asked for 2x: two pool branches as convs, a stride for the stem's pool and a prune
+    (1.6x), then only the first block's merge cut more, to 3.5x."""
     current = points[-1].predicted_ms
     fallback = None
     for index in range(len(points) - 2, -1, -1):
         earlier = from_keras(points[index].model)
         groups = {gr.key: gr for gr in channel_groups(earlier) if gr.prunable}
-        for cut in sorted(cuts, key=lambda c: -c.predicted_ms):
-            group = groups.get(cut.info["group"])
-            if group is None or len(group) <= cut.info["width"]:
+        for cut in sorted(moves, key=lambda c: -c.predicted_ms):
+            made = _made_earlier(earlier, groups, cut, criterion, calibration)
+            if made is None:
                 continue
-            graph = prune_to(earlier, group, cut.info["width"], criterion, calibration)
+            graph, name, info = made
             predicted = lm.predict(graph)
             if not floor <= predicted < current:
                 continue
-            move = Candidate(f"prune {group.key} {len(group)}->{cut.info['width']} (from "
-                             f"{points[index].name})", graph, predicted,
-                             info={"group": group.key, "width": cut.info["width"],
-                                   "channels": len(group), "from": index})
+            move = Candidate(f"{name} (from {points[index].name})", graph, predicted,
+                             info=dict(info, **{"from": index}))
             if predicted <= aim:
                 return move
             fallback = fallback or move
     return fallback
+
+
+def _made_earlier(earlier: Any, groups: dict, cut: Candidate, criterion: str,
+                  calibration: Any) -> tuple[Any, str, dict] | None:
+    """(graph, name, info) of `cut` made on the graph `earlier` (its prunable `groups` by key),
+    or None where it does not apply there."""
+    if "rule" in cut.info:
+        graph = made_on(earlier, cut)
+        return None if graph is None else (graph, cut.name, {"rule": cut.info["rule"]})
+    group = groups.get(cut.info.get("group"))
+    if group is None or len(group) <= cut.info["width"]:
+        return None
+    graph = prune_to(earlier, group, cut.info["width"], criterion, calibration)
+    return graph, f"prune {group.key} {len(group)}->{cut.info['width']}", {
+        "group": group.key, "width": cut.info["width"], "channels": len(group)}
 
 
 def _floor(lm: LatencyModel) -> float:
