@@ -581,3 +581,27 @@ def test_a_rule_move_past_the_goal_is_made_on_an_earlier_model(tmp_path, coarse_
     # past the floor from every model: no landing
     assert _backtrack(points, [move], lm, on_original * 1.01, on_original * 1.02, "l1",
                       None) is None
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.025])
+def test_a_gain_within_the_machines_noise_is_not_kept(tmp_path, fake_runtime, monkeypatch,
+                                                     noise):
+    """Every move measures 2% faster than the original. On a quiet machine (the original
+    beside itself reads 1.000) that clears min_gain (1%) and a move is kept; where the
+    original reads 2.5% from itself, 2% is noise, and nothing is kept."""
+    model = _model()
+    lm = LatencyModel(cache_dir=tmp_path)
+    slow = lm.predict(from_keras(model))
+    fake_runtime["measured"] = lambda m: slow if m is model else slow * 0.98
+
+    def side_by_side(self, models, runs=None):
+        readings = [self.measure(m) for m in models]
+        if len(models) == 2 and models[0] is models[1]:
+            readings[0] *= 1 + noise
+        return readings
+
+    monkeypatch.setattr(LatencyModel, "measure_side_by_side", side_by_side)
+    res = latency_search(model, Target(speedup=1.5), _score(model), latency=lm, max_drop=1.0)
+    kept = [s for s in res.steps[1:] if s["kept"]]
+    assert bool(kept) == (noise == 0.0), res.steps
+    assert ("by 2.5%" in res.message) == (noise > 0) and not res.reached

@@ -8,7 +8,8 @@ Candidates are ranked cheaply first, by their output error on calibration sample
 them, by the share of MACs they take: capacity stands in for accuracy); only the
 `top_k` best are fine-tuned briefly and scored on validation, and the best-scoring one is run
 on the runtime: it is kept only when its *measured* latency is lower than the current model's
-by `min_gain`, whatever it does to parameters or MACs (else the next one is tried). Where no
+by `min_gain` (or by the machine's own noise, measured on the original beside itself, up to
+3%), whatever it does to parameters or MACs (else the next one is tried). Where no
 single move gives an iteration's cut, the ranked moves are offered together (channel cuts by
 their first tile, block merges and other rule moves whole); where every move that does ends
 well past the goal, the same cut made on an earlier kept model, or smaller cuts together, are
@@ -171,6 +172,10 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     clock = BesideOriginal(lm, model, measure_runs, relative=target.speedup is not None,
                            shipped=shipped)
     measured = clock.original_ms
+    # a reading within the machine's own noise is no gain (a Xeon with AMX read 1% gains on
+    # width cuts that buy nothing there, and kept them at a cost in accuracy)
+    noise = clock.noise()
+    min_gain = max(min_gain, min(noise, _MAX_NOISE_GAIN))
     predicted = lm.predict(g)
     goal = target.goal_ms(measured)
     aim = goal * (1.0 - margin)
@@ -181,7 +186,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     pace: list[float] = []  # each kept iteration's measured cut, as a share of its budget
     stop = ""
     _say(f"search: target {target}: {measured:.4f} -> {goal:.4f} ms (predicted "
-         f"{predicted:.4f}), score {base:.4f}", progress)
+         f"{predicted:.4f}), score {base:.4f}; the original reads within {noise:.1%} of "
+         f"itself side by side, so a move must measure {min_gain:.1%} faster", progress)
     if start is not None:
         current, g = start, from_keras(start)
         measured, predicted = clock(start), lm.predict(g)
@@ -301,7 +307,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                         break
             if accepted is None:
                 stop = (f"no candidate of iteration {it} lowered the measured latency by "
-                        f"{min_gain:.0%} ({measured:.4f} ms) within "
+                        f"{min_gain:.1%} ({measured:.4f} ms) within "
                         f"{_BEYOND_RECOVERY:g}x the allowed drop of the original's score")
                 break
             pace.append((measured - accepted.measured_ms)
@@ -320,6 +326,9 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                        stop, reach_table, clock, progress, bar)
 
 
+# The most the machine's noise (BesideOriginal.noise) raises min_gain to: past it, real cuts
+# of a tenth of the latency (an iteration's step) would start to be refused too.
+_MAX_NOISE_GAIN = 0.03
 _CRAWL_PACE = 0.25  # see `crawl`: below this share of the step asked, an iteration crawls
 # A candidate whose short fine-tune leaves it more than this many times max_drop below the
 # original is not kept, whatever it cuts: the final distillation recovers a few times the
