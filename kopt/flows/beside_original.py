@@ -47,7 +47,7 @@ class BesideOriginal:
         """How far the original reads from itself side by side (the largest of `pairs`
         readings of |1 - ratio|): a gain smaller than this is the machine's, not the model's.
         On this project's Intel Xeon (2 cores, KVM) two runners of one file read 0.94-1.06
-        apart in 15 side-by-side pairs (sd 3%); on the AMD EPYC before it, within 1-2%."""
+        apart in 15 side-by-side pairs (sd 1-3%, VGG and tree examples)."""
         readings = [self.lm.measure_side_by_side([self.reference, self.reference],
                                                  runs=self.runs) for _ in range(pairs)]
         return max(abs(1.0 - a / b) for a, b in readings)

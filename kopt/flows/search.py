@@ -371,7 +371,8 @@ def _moves(g: Any, lm: LatencyModel, current: float, budget: float, floor: float
     short of the floor if any (and _combine adds the groups' first cuts taken together)."""
     found = channel_candidates(g, lm, current, budget, criterion, calibration, min_channels)
     rule_moves, rule_fallbacks = rule_candidates(g, lm, current, budget, rules)
-    moves, short = found.moves + rule_moves, not (found.moves or rule_moves)
+    moves = found.moves + rule_moves
+    short = not moves
     if short:
         moves = found.fallbacks + rule_fallbacks
     within = [c for c in moves if c.predicted_ms >= floor]
