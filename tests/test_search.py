@@ -605,3 +605,28 @@ def test_a_gain_within_the_machines_noise_is_not_kept(tmp_path, fake_runtime, mo
     kept = [s for s in res.steps[1:] if s["kept"]]
     assert bool(kept) == (noise == 0.0), res.steps
     assert ("by 2.5%" in res.message) == (noise > 0) and not res.reached
+
+
+def test_moves_that_cut_less_than_the_step_get_their_turn(tmp_path, fake_runtime):
+    """The conv's width cuts are predicted to give the step but measure no faster (a Xeon
+    with AMX, where narrower int8 convs cost the same); the Dense moves (width cuts, a
+    factorisation) are predicted to cut less than the step. They are tried when the others
+    fail, and kept: measured faster is what counts (without them the search stops at 1.0x)."""
+    from rewrites.svd_dense import SvdDense
+
+    x = inp = keras.Input((8, 8, 3))
+    x = L.GlobalAveragePooling2D(name="gap")(L.Conv2D(32, 3, activation="relu", name="c1")(x))
+    x = L.Dense(128, name="d2")(L.Dense(128, activation="relu", name="d1")(x))
+    model = keras.Model(inp, L.Dense(4, name="fc")(x))
+    lm = LatencyModel(cache_dir=tmp_path)
+    # every c1 width costs what 32 channels cost, in measurement only
+    fake_runtime["measured"] = lambda m: LatencyModel.predict(lm, m) + 0.1 * (
+        4 - -(-m.get_layer("c1").filters // 8))
+    rule = ("svd d2", SvdDense(ratio=0.25))
+    res = latency_search(model, Target(speedup=1.2), _score(model), latency=lm, max_drop=1.0,
+                         rules=[rule], crawl=0)
+    c1_cuts = [s for s in res.steps if s["step"].split(": ")[-1].startswith("prune c1")]
+    assert c1_cuts and not any(s["kept"] for s in c1_cuts)  # predicted to give the step
+    kept = [s for s in res.steps[1:] if s["kept"] and not s["step"].startswith("final")]
+    assert kept and "c1" not in kept[0]["step"], res.steps
+    assert res.speedup > 1.02 and res.model.get_layer("c1").filters == 32, res.message

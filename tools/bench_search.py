@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.replot) as f:
             plot(json.load(f), args.plot or "search.png")
         return 0
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")  # the time of each step: where a search spends it
     logging.getLogger("kopt.flows.search").setLevel(logging.INFO)
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f}")
     rows, cache = [], {}

@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--measure-runs", type=int, default=40, help="runs per search measurement")
     p.add_argument("--json", default="bench_uniform_vs_search.json")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")  # the time of each step: where a search spends it
     logging.getLogger("kopt.flows.search").setLevel(logging.INFO)
 
     import kopt

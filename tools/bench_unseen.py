@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--invokes", type=int, default=600)
     p.add_argument("--json", default="bench_unseen.json")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")  # the time of each step: where a search spends it
     for name in ("kopt.flows.search", "kopt.flows.for_runtime"):
         logging.getLogger(name).setLevel(logging.INFO)
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f}")

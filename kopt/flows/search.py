@@ -13,7 +13,9 @@ by `min_gain` (or by the machine's own noise, measured on the original beside it
 single move gives an iteration's cut, the ranked moves are offered together (channel cuts by
 their first tile, block merges and other rule moves whole); where every move that does ends
 well past the goal, the same cut made on an earlier kept model, or smaller cuts together, are
-tried first. For a speed-up, every model is measured interleaved with the original
+tried first. When none of the moves that give the cut measures faster, those predicted to cut
+less get their turn, then those that end past the goal: the prediction ranks, the runtime
+decides. For a speed-up, every model is measured interleaved with the original
 (kopt.flows.beside_original), so that drift of the machine does not move the goal. Iterations
 stop when the measured latency meets the target, or when no move lowers it. The last model gets
 a longer distillation; if it then scores more than `max_drop` below the original, the fastest
@@ -149,7 +151,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     whole XNNPACK tile cut when a sliver was left) gives way to the moves that do not, when
     there are any, or to such a cut made on an earlier model (_backtrack); a candidate
     *measured* that far past it is kept only when no other of its shortlist is measured faster
-    and short of that; the moves left out get their turn when none of the others measures faster
+    and short of that; when none of the others measures faster, the moves predicted to cut less
+    than the step get their turn (up to `shortlists` shortlists), then the moves left out
     (past the goal is better than short of it). For a speed-up every model is measured side by
     side with the original (the machine drifts by 2-5% in minutes, more than the noise of one
     measurement), and once more before the search calls the goal met. shipped: what a model
@@ -236,6 +239,17 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                     return cand
             return None
 
+        def first_faster(it: int, ranked: list[Candidate], lists: int,
+                         short_from: float | None = None) -> Candidate | None:
+            """The first of `lists` shortlists of the `ranked` moves (top_k each, fine-tuned,
+            best first) that measures faster, past the goal or not; None if none does."""
+            for start in range(0, min(len(ranked), top_k * lists), max(1, top_k)):
+                for cand in _shortlist(ranked[start:], top_k, finetune, short_epochs, score,
+                                       bar, short_from, points[-1].score):
+                    if trial(it, cand, past_ok=True)[0]:
+                        return cand
+            return None
+
         for it in range(1, max_iterations + 1):
             if measured <= aim and current is not model:  # once more: one reading's noise
                 measured = clock(current)                   # must not decide the target
@@ -246,8 +260,9 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
             bar.doing("pricing moves")
             budget = min(cut, predicted - _floor(lm), _remaining(predicted, measured, aim))
             floor = predicted * goal / measured / (1 + overshoot)
-            moves, beyond, short, found = _moves(g, lm, predicted, budget, floor, criterion,
-                                                 calibration, min_channels, rules or [])
+            offer = _moves(g, lm, predicted, budget, floor, criterion, calibration,
+                           min_channels, rules or [])
+            moves, beyond, short, found = offer.moves, offer.beyond, offer.short, offer.found
             reach_table = found.table
             if not moves:
                 stop = "no move is predicted to lower the latency" + _reach_summary(reach_table)
@@ -292,6 +307,13 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                 accepted, held[1]["kept"] = held[0], True
                 _say(f"search: {accepted.name} kept: no other candidate landed short of the "
                      "overshoot", progress)
+            if accepted is None and offer.smaller:
+                # the moves predicted to cut less than the step: the runtime decides
+                bar.doing(f"trying the {len(offer.smaller)} moves that cut less")
+                _say(f"search: {it}: no move that gives the step measured faster; trying the "
+                     f"{len(offer.smaller)} predicted to cut less", progress)
+                _rank(offer.smaller, reference, calibration, predicted)
+                accepted = first_faster(it, offer.smaller, shortlists, predicted)
             if accepted is None and beyond:
                 # the moves left out for going past the goal: better past it than short of it
                 # (the tree example on a Xeon with AMX, asked for 2x: width cuts measured no
@@ -300,11 +322,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                 _say(f"search: {it}: no move short of the goal measured faster; trying the "
                      f"{len(beyond)} that go past it", progress)
                 _rank(beyond, reference, calibration)
-                for cand in _shortlist(beyond, top_k, finetune, short_epochs, score, bar):
-                    ok, _ = trial(it, cand, past_ok=True)
-                    if ok:
-                        accepted = cand
-                        break
+                accepted = first_faster(it, beyond, 1)
             if accepted is None:
                 stop = (f"no candidate of iteration {it} lowered the measured latency by "
                         f"{min_gain:.1%} ({measured:.4f} ms) within "
@@ -355,30 +373,45 @@ def _remaining(predicted: float, measured: float, goal: float, margin: float = 0
     return predicted * max(0.0, 1.0 - goal / measured) * (1.0 + margin) + 1e-9
 
 
+@dataclass
+class _Offer:
+    """What an iteration may try, in turn: `moves`, ranked and shortlisted; `beyond`, those
+    left out for ending past the floor; `smaller`, those predicted to cut less than the
+    budget, when others give it; `short`: no move gives the budget (`moves` are then each
+    group's largest cut and the rules that cut less); `found`: every channel move found."""
+
+    moves: list[Candidate]
+    beyond: list[Candidate]
+    smaller: list[Candidate]
+    short: bool
+    found: ChannelMoves
+
+
 def _moves(g: Any, lm: LatencyModel, current: float, budget: float, floor: float,
            criterion: str, calibration: Any, min_channels: int,
-           rules: list[tuple[str, Rule]]
-           ) -> tuple[list[Candidate], list[Candidate], bool, ChannelMoves]:
-    """(the moves to rank, those left out for ending past the floor, whether the moves fall
-    short of the budget, all channel moves found).
-
-    The moves that cut `budget` off the `current` predicted ms, less those that end below
+           rules: list[tuple[str, Rule]]) -> _Offer:
+    """The moves that cut `budget` off the `current` predicted ms, less those that end below
     `floor` (the goal less the allowed overshoot, in predicted ms) when any does not: a
     target of 2x is not met by 3x, whose extra cut costs accuracy nobody asked to spend. When
     every one of them goes past it (the sliver left is smaller than any group's next tile),
     they are all kept, and the search looks for a landing first (_landings). With no move that
     gives the budget: each group's largest cut and the rules that cut less, those that stop
-    short of the floor if any (and _combine adds the groups' first cuts taken together)."""
+    short of the floor if any (and _combine adds the groups' first cuts taken together).
+
+    The moves predicted to cut less than the budget are offered too, after the others: the
+    prediction can be wrong in both directions (VGG seed 1 on a Xeon with AMX, asked for 3x:
+    two width cuts predicted to give the step measured no faster, and the search stopped at
+    1.4x with a layer removal and a pool's stride, predicted to cut less, never tried)."""
     found = channel_candidates(g, lm, current, budget, criterion, calibration, min_channels)
     rule_moves, rule_fallbacks = rule_candidates(g, lm, current, budget, rules)
-    moves = found.moves + rule_moves
+    moves, smaller = found.moves + rule_moves, found.fallbacks + rule_fallbacks
     short = not moves
     if short:
-        moves = found.fallbacks + rule_fallbacks
+        moves, smaller = smaller, []
     within = [c for c in moves if c.predicted_ms >= floor]
     if not within:
-        return moves, [], short, found
-    return within, [c for c in moves if c.predicted_ms < floor], short, found
+        return _Offer(moves, [], smaller, short, found)
+    return _Offer(within, [c for c in moves if c.predicted_ms < floor], smaller, short, found)
 
 
 def _combine(g: Any, lm: LatencyModel, current: float, budget: float, floor: float,
