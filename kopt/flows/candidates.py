@@ -160,13 +160,18 @@ def combined_move(g: Graph, lm: LatencyModel, current_ms: float, cut_ms: float,
     if len(taken) < 2:
         return None
     names = [c.name for c in taken]
-    return Candidate(", ".join(names), out, predicted, info={"combined": names})
+    return Candidate(", ".join(names), out, predicted, info={"combined": names, "parts": taken})
 
 
 def made_on(g: Graph, move: Candidate) -> Graph | None:
     """`move` made on `g` (a graph other than the one it was found on), or None where it no
     longer applies."""
     info = move.info
+    if "parts" in info:  # a combined move: each part made in turn, where it still applies
+        out = g
+        for part in info["parts"]:
+            out = made_on(out, part) or out
+        return None if out is g else out
     if "rule" in info:
         graph, report = PassManager([info["rule"]], verify=False).run(g)
         return graph if report.applied else None

@@ -5,17 +5,19 @@ Each iteration asks for a cut of the predicted latency (a fixed share of the ori
 builds, for each prunable channel group and each approximate rule, the smallest move that gives
 it (kopt.flows.candidates; channel counts snapped to the steps of the measured latency curve).
 Candidates are ranked cheaply first, by their output error on calibration samples (without
-them, by the share of MACs they take: capacity stands in for accuracy); only the
-`top_k` best are fine-tuned briefly and scored on validation, and the best-scoring one is run
-on the runtime: it is kept only when its *measured* latency is lower than the current model's
-by `min_gain` (or by the machine's own noise, measured on the original beside itself, up to
-3%), whatever it does to parameters or MACs (else the next one is tried). Where no
-single move gives an iteration's cut, the ranked moves are offered together (channel cuts by
-their first tile, block merges and other rule moves whole); where every move that does ends
-well past the goal, the same cut made on an earlier kept model, or smaller cuts together, are
-tried first. When none of the moves that give the cut measures faster, those predicted to cut
-less get their turn, then those that end past the goal: the prediction ranks, the runtime
-decides. For a speed-up, every model is measured interleaved with the original
+them, by the share of MACs they take: capacity stands in for accuracy); only the `top_k` best
+are fine-tuned briefly and scored on validation, and the best-scoring one is run on the
+runtime: it is kept only when its *measured* latency is lower than the current model's by
+`min_gain` (or by the machine's own noise, measured on the original beside itself, up to 3%),
+whatever it does to parameters or MACs (else the next one is tried). Where no single move gives
+an iteration's cut, the ranked moves are offered together (channel cuts by their first tile,
+block merges and other rule moves whole); where every move that does ends well past the goal,
+the same cut made on an earlier kept model, or smaller cuts together, are tried first. When
+none of the moves that give the cut measures faster, those predicted to cut less get their
+turn, then those that end past the goal: the prediction ranks, the runtime decides; and last,
+before the search stops, a structural move that an earlier move took away (a conv that became
+strided can no longer be removed), made on the model before it, with the moves kept since made
+again (_detours). For a speed-up, every model is measured interleaved with the original
 (kopt.flows.beside_original), so that drift of the machine does not move the goal. Iterations
 stop when the measured latency meets the target, or when no move lowers it. The last model gets
 a longer distillation; if it then scores more than `max_drop` below the original, the fastest
@@ -59,7 +61,7 @@ from kopt.ir.channels import channel_groups
 from kopt.keras_io import from_keras, to_keras
 from kopt.keras_io.probes import predict_outputs
 from kopt.progress import GoalBar, progress_to, say
-from kopt.rewriting import Rule, max_relative_error
+from kopt.rewriting import PassManager, Rule, max_relative_error
 from kopt.runtime.latency import LatencyModel
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ class _Point:
     score: float
     name: str
     exact: bool = False  # the original, or an exact rewrite of it: nothing to distil
+    move: Candidate | None = None  # the move that made it from the point before
 
 
 def latency_search(model: Any, target: Target, score: Score, finetune: Finetune | None = None,
@@ -323,6 +326,15 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                      f"{len(beyond)} that go past it", progress)
                 _rank(beyond, reference, calibration)
                 accepted = first_faster(it, beyond, 1)
+            if accepted is None and rules:
+                # a structural move an earlier move took away, made on the model before it
+                bar.doing("looking for a move an earlier one took away")
+                detours = _detours(points, rules, lm, predicted)
+                if detours:
+                    _say(f"search: {it}: nothing measured faster; trying {len(detours)} "
+                         "moves that an earlier move took away, made before it", progress)
+                    _rank(detours, reference, calibration, predicted)
+                    accepted = first_faster(it, detours, 1, predicted)
             if accepted is None:
                 stop = (f"no candidate of iteration {it} lowered the measured latency by "
                         f"{min_gain:.1%} ({measured:.4f} ms) within "
@@ -332,7 +344,8 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                         / max(budget * measured / predicted, 1e-12))
             current, g = accepted.model, from_keras(accepted.model)
             measured, predicted = accepted.measured_ms, lm.predict(g)
-            points.append(_Point(current, measured, predicted, accepted.score, accepted.name))
+            points.append(_Point(current, measured, predicted, accepted.score, accepted.name,
+                                 move=accepted))
             if crawl and len(pace) >= crawl and max(pace[-crawl:]) < _CRAWL_PACE:
                 stop = (f"the last {crawl} iterations each cut less than "
                         f"{_CRAWL_PACE:.0%} of the step asked (measured): what is left is "
@@ -499,6 +512,41 @@ def _backtrack(points: list[_Point], moves: list[Candidate], lm: LatencyModel, f
                 return move
             fallback = fallback or move
     return fallback
+
+
+def _detours(points: list[_Point], rules: list[tuple[str, Rule]], lm: LatencyModel,
+             current: float) -> list[Candidate]:
+    """When nothing measures faster: the rule moves that applied to an earlier kept model but
+    no longer apply (an earlier move took their place away), each made on the latest such
+    model and followed by the moves kept since, made again where they still apply; those
+    predicted faster than the current model (`current` ms), fastest first.
+
+    Why: the search is greedy, and one move can take another's place. VGG seed 1 on a Xeon
+    with AMX first turned b0_pool into a stride of b0b_conv, which then could no longer be
+    removed, and stopped at 1.9x asked for 3x; seed 0, which removed b0b_conv first and then
+    strode b0a_conv, reached 3.97x."""
+    now = from_keras(points[-1].model)
+    taken = " | ".join(p.name for p in points)  # a combined move names each of its parts
+    blocked = [(name, rule) for name, rule in rules if name not in taken
+               and not PassManager([rule], verify=False).run(now)[1].applied]
+    found: dict[str, Candidate] = {}
+    for index in range(len(points) - 2, -1, -1):
+        earlier = from_keras(points[index].model)
+        later = [p.move for p in points[index + 1:] if p.move is not None]
+        for name, rule in blocked:
+            if name in found:
+                continue
+            graph = made_on(earlier, Candidate(name, earlier, 0.0, info={"rule": rule}))
+            if graph is None:
+                continue
+            for move in later:
+                graph = made_on(graph, move) or graph
+            predicted = lm.predict(graph)
+            if predicted < current:
+                found[name] = Candidate(f"{name} (from {points[index].name}), then the "
+                                        f"{len(later)} moves after it", graph, predicted,
+                                        info={"rule": rule, "from": index})
+    return sorted(found.values(), key=lambda c: c.predicted_ms)
 
 
 def _made_earlier(earlier: Any, groups: dict, cut: Candidate, criterion: str,
