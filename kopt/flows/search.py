@@ -267,8 +267,9 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                            min_channels, rules or [])
             moves, beyond, short, found = offer.moves, offer.beyond, offer.short, offer.found
             reach_table = found.table
-            if not moves:
-                stop = "no move is predicted to lower the latency" + _reach_summary(reach_table)
+            no_move = "no move is predicted to lower the latency" + _reach_summary(reach_table)
+            if not moves and not rules:
+                stop = no_move
                 break
             bar.doing(f"ranking {len(moves)} moves")
             reference = _reference(g, current, calibration)
@@ -347,6 +348,9 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                          "moves that an earlier move took away, made before it", progress)
                     _rank(detours, reference, calibration, predicted)
                     accepted = first_faster(it, detours, 1, predicted)
+            if accepted is None and not moves:  # nor did a move an earlier one took away
+                stop = no_move
+                break
             if accepted is None:
                 stop = (f"no candidate of iteration {it} lowered the measured latency by "
                         f"{min_gain:.1%} ({measured:.4f} ms) within "
