@@ -657,8 +657,10 @@ def test_a_move_an_earlier_one_took_away_is_made_before_it(tmp_path, fake_runtim
     move = Candidate(rules[0][0], strided, lm.predict(strided), info={"rule": rules[0][1]})
     points = [_Point(model, 1.0, lm.predict(g), 1.0, "original", exact=True),
               _Point(to_keras(strided), 0.9, move.predicted_ms, 1.0, move.name, move=move)]
-    detours = _detours(points, rules, lm, move.predicted_ms)
-    assert [d.name for d in detours] == ["remove c2 (from original), then the 1 moves after it"]
+    # an aim nothing lands under: the later moves are all made again, as far as they go
+    detours = _detours(points, rules, lm, move.predicted_ms, floor=0.0, aim=0.0)
+    assert [d.name for d in detours] == [
+        "remove c2 (from original), then 1 of the 1 moves after it"]
     out = detours[0].graph
     assert "c2" not in out and "pool" not in out and out["c1"].config["strides"] in ((2, 2),
                                                                                     [2, 2])
@@ -695,3 +697,14 @@ def test_near_the_goal_a_move_far_past_it_waits_for_two_more_readings(
     res = latency_search(model, Target(ms=slow / 1.04), lambda m: 1.0, latency=lm,
                          max_drop=1.0)
     assert res.reached and res.model.get_layer("wide").filters == 32, res.message
+
+
+def test_a_detour_makes_as_few_later_moves_as_land():
+    from kopt.flows.search import _landing
+
+    made = [(None, 0.9), (None, 0.7), (None, 0.5), (None, 0.3)]  # after 0, 1, 2, 3 moves
+    assert _landing(made, current=0.8, floor=0.45, aim=0.75) == 1  # the least cut that lands
+    assert _landing(made, current=0.8, floor=0.45, aim=0.6) == 2
+    assert _landing(made, current=0.8, floor=0.1, aim=0.2) == 3  # short: as far as it goes
+    assert _landing(made, current=0.8, floor=0.6, aim=0.65) == 1  # the most above the floor
+    assert _landing(made, current=0.2, floor=0.0, aim=1.0) is None  # none is faster
