@@ -61,7 +61,7 @@ from kopt.ir.channels import channel_groups
 from kopt.keras_io import from_keras, to_keras
 from kopt.keras_io.probes import predict_outputs
 from kopt.progress import GoalBar, progress_to, say
-from kopt.rewriting import PassManager, Rule, max_relative_error
+from kopt.rewriting import Rule, max_relative_error
 from kopt.runtime.latency import LatencyModel
 
 log = logging.getLogger(__name__)
@@ -263,6 +263,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
             bar.doing("pricing moves")
             budget = min(cut, predicted - _floor(lm), _remaining(predicted, measured, aim))
             floor = predicted * goal / measured / (1 + overshoot)
+            aim_predicted = predicted * aim / measured  # the aim, in predicted ms
             offer = _moves(g, lm, predicted, budget, floor, criterion, calibration,
                            min_channels, rules or [])
             moves, beyond, short, found = offer.moves, offer.beyond, offer.short, offer.found
@@ -285,7 +286,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
             if not short and all(c.predicted_ms < floor for c in moves):
                 bar.doing("looking for a cut that lands within the overshoot allowed")
                 landings = _landings(points, moves, found.first_cuts, g, reference, lm,
-                                     predicted, budget, floor, predicted * aim / measured,
+                                     predicted, budget, floor, aim_predicted,
                                      criterion, calibration)
                 tries = ([(landings, len(landings))] if landings else []) + tries
             # a candidate measured past the goal by more than the overshoot allowed is held
@@ -306,7 +307,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                     break
             if accepted is None and (held is not None or beyond):
                 accepted = earlier(it, [held[0]] if held is not None else beyond, floor,
-                                   predicted * aim / measured)
+                                   aim_predicted)
             if accepted is None and offer.smaller:
                 # the moves predicted to cut less than the step: the runtime decides
                 bar.doing(f"trying the {len(offer.smaller)} moves that cut less")
@@ -340,8 +341,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
             if accepted is None and rules:
                 # a structural move an earlier move took away, made on the model before it
                 bar.doing("looking for a move an earlier one took away")
-                detours = _detours(points, rules, lm, predicted, floor,
-                                   predicted * aim / measured)
+                detours = _detours(points, rules, lm, predicted, floor, aim_predicted)
                 if detours:
                     _say(f"search: {it}: nothing measured faster; trying {len(detours)} "
                          "moves that an earlier move took away, made before it", progress)
@@ -548,16 +548,18 @@ def _detours(points: list[_Point], rules: list[tuple[str, Rule]], lm: LatencyMod
     from 1.9x to 5.7x asked for 3x: hence as few of them as land."""
     now = from_keras(points[-1].model)
     taken = " | ".join(p.name for p in points)  # a combined move names each of its parts
-    blocked = [(name, rule) for name, rule in rules if name not in taken
-               and not PassManager([rule], verify=False).run(now)[1].applied]
+    blocked = [Candidate(name, now, 0.0, info={"rule": rule}) for name, rule in rules
+               if name not in taken]
+    blocked = [move for move in blocked if made_on(now, move) is None]
     found: dict[str, Candidate] = {}
     for index in range(len(points) - 2, -1, -1):
         earlier = from_keras(points[index].model)
         later = [p.move for p in points[index + 1:] if p.move is not None]
-        for name, rule in blocked:
+        for blocked_move in blocked:
+            name, rule = blocked_move.name, blocked_move.info["rule"]
             if name in found:
                 continue
-            graph = made_on(earlier, Candidate(name, earlier, 0.0, info={"rule": rule}))
+            graph = made_on(earlier, blocked_move)
             if graph is None:
                 continue
             made = [(graph, lm.predict(graph))]  # after 0, 1, ... of the later moves
