@@ -708,3 +708,66 @@ def test_a_detour_makes_as_few_later_moves_as_land():
     assert _landing(made, current=0.8, floor=0.1, aim=0.2) == 3  # short: as far as it goes
     assert _landing(made, current=0.8, floor=0.6, aim=0.65) == 1  # the most above the floor
     assert _landing(made, current=0.2, floor=0.0, aim=1.0) is None  # none is faster
+
+
+def test_a_move_is_measured_beside_the_current_model(tmp_path, fake_runtime, monkeypatch):
+    """Two states of the machine (a Xeon with AMX): the first kept move read in the fast one,
+    every later reading in the slow one, which adds a fixed 2 ms to each model's time (so a
+    smaller model reads relatively slower). Scaled by the original beside it, each next
+    candidate reads slower than the first move's lucky reading, and compared with that reading
+    nothing more would be kept (tree seed 2 at 2x); measured beside the current model, each
+    is faster than it, and the search goes on."""
+    state = {"fast": True}
+
+    def side_by_side(self, models, runs=None):
+        extra = 0.0 if state["fast"] and len({id(m) for m in models}) > 1 else 2.0
+        if len({id(m) for m in models}) > 1:
+            state["fast"] = False  # only the first trial reads in the fast state
+        return [self.predict(m) + extra for m in models]
+
+    monkeypatch.setattr(LatencyModel, "measure_side_by_side", side_by_side)
+    model = _model()
+    lm = LatencyModel(cache_dir=tmp_path)
+    res = latency_search(model, Target(speedup=1.5), _score(model), latency=lm, max_drop=1.0,
+                         crawl=0, max_iterations=4, final_epochs=0)
+    kept = [s for s in res.steps[1:] if s["kept"] and not s["step"].startswith("final")]
+    assert len(kept) >= 3, res.steps
+
+
+def test_a_crawling_search_tries_a_move_an_earlier_one_took_away(tmp_path, fake_runtime,
+                                                                  monkeypatch):
+    """c2 turned strided (its pool folded in) measures only 2% faster, a crawl; before the
+    search stops for crawling, it removes c2 on the original, which that stride had taken
+    away (VGG seed 2 at 3x on the Xeon stopped on the crawl rule at 1.65x)."""
+    from rewrites.conv_pool_to_stride import ConvPoolToStride
+    from rewrites.remove_layer import RemoveLayer
+
+    def time(self, model, shapes):  # 0.1 ms per tile of 8 channels per 8x8 output
+        conv = [layer for layer in model.layers if isinstance(layer, L.Conv2D)]
+        if conv:
+            _, h, w, c = conv[0].output.shape
+            return OVERHEAD + 0.1 * -(-c // 8) * h * w / 64
+        return OVERHEAD + 1e-6 * model.count_params()
+
+    monkeypatch.setattr(LatencyModel, "_time", time)
+    x = inp = keras.Input((8, 8, 8))
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="c2")(
+        L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(x))
+    x = L.GlobalAveragePooling2D()(L.MaxPooling2D(name="pool")(x))
+    model = keras.Model(inp, L.Dense(4, name="fc")(x))
+    lm = LatencyModel(cache_dir=tmp_path)
+    original_ms = lm.predict(model)
+
+    def measured(m):  # the stride of c2 alone is no faster than 2%
+        names = {layer.name for layer in m.layers}
+        return original_ms * 0.98 if "c2" in names and "pool" not in names else lm.predict(m)
+
+    fake_runtime["measured"] = measured
+    rules = [("stride for pool pool", ConvPoolToStride(only="pool")),
+             ("remove c2", RemoveLayer(only="c2"))]
+    res = latency_search(model, Target(speedup=2), lambda m: 1.0, latency=lm, max_drop=1.0,
+                         rules=rules, crawl=1, final_epochs=0)
+    kept = [s["step"] for s in res.steps[1:] if s["kept"]]
+    assert kept[0].endswith("stride for pool pool"), res.steps
+    assert "remove c2 (from original)" in kept[1], res.steps
+    assert "c2" not in {layer.name for layer in res.model.layers}

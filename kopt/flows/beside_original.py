@@ -28,7 +28,9 @@ from kopt.runtime.latency import LatencyModel
 
 class BesideOriginal:
     """Measured ms of a model, in the frame of the original's first measurement; `shipped`:
-    what a model becomes before it ships (the exact pass), measured in its place."""
+    what a model becomes before it ships (the exact pass), measured in its place. The model a
+    search stands at (now_at) is kept converted, and a candidate is measured beside it too
+    (against_current): whether a move is faster is a ratio as well."""
 
     def __init__(self, lm: LatencyModel, original: Any, runs: int, relative: bool,
                  shipped: Callable[[Any], Any] | None = None):
@@ -36,12 +38,36 @@ class BesideOriginal:
         self.shipped = shipped or (lambda model: model)
         self.reference = lm.runner(original)
         self.original_ms = lm.measure(self.reference, runs=runs)
+        self.original = original
+        self.now_at(original)
+
+    def now_at(self, model: Any) -> None:
+        """The model the search stands at, converted once (the original as it is, every
+        other model as shipped). Convert it again after its weights change."""
+        self.current = model
+        self.current_runner = (self.reference if model is self.original
+                               else self.lm.runner(self.shipped(model)))
 
     def __call__(self, model: Any) -> float:
         if not self.relative:
-            return self.lm.measure(self.shipped(model), runs=self.runs)
+            return self.lm.measure(self._runner(model), runs=self.runs)
         original_ms, ms = self.side_by_side(model)
         return ms * self.original_ms / original_ms
+
+    def against_current(self, model: Any) -> tuple[float, float]:
+        """(the current model's ms, `model`'s ms), measured now, interleaved (with the
+        original too for a speed-up, both then in its frame)."""
+        if self.relative and self.current_runner is self.reference:
+            original_ms, ms = self.side_by_side(model)
+            return self.original_ms, ms * self.original_ms / original_ms
+        runners = [self.current_runner, self._runner(model)]
+        if not self.relative:
+            current_ms, ms = self.lm.measure_side_by_side(runners, runs=self.runs)
+            return current_ms, ms
+        original_ms, current_ms, ms = self.lm.measure_side_by_side(
+            [self.reference] + runners, runs=self.runs)
+        scale = self.original_ms / original_ms
+        return current_ms * scale, ms * scale
 
     def noise(self, pairs: int = 3) -> float:
         """How far the original reads from itself side by side (the largest of `pairs`
@@ -55,6 +81,12 @@ class BesideOriginal:
     def side_by_side(self, model: Any) -> tuple[float, float]:
         """The original's ms and the (shipped) model's, measured now, interleaved (not
         rescaled): the figures a final speed-up is quoted from."""
-        original_ms, ms = self.lm.measure_side_by_side([self.reference, self.shipped(model)],
+        original_ms, ms = self.lm.measure_side_by_side([self.reference, self._runner(model)],
                                                        runs=self.runs)
         return original_ms, ms
+
+    def _runner(self, model: Any) -> Any:
+        if model is self.current:
+            return self.current_runner
+        return self.reference if model is self.original else self.lm.runner(
+            self.shipped(model))

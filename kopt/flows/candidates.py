@@ -42,6 +42,7 @@ class Candidate:
     error: float | None = None  # calibration error against the model it was made from
     score: float | None = None  # validation score after the short fine-tune
     measured_ms: float | None = None
+    beside_ms: float | None = None  # the current model's ms, measured beside this move's
     model: Any = None
     info: dict = field(default_factory=dict)
 
