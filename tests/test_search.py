@@ -632,7 +632,18 @@ def test_moves_that_cut_less_than_the_step_get_their_turn(tmp_path, fake_runtime
     assert res.speedup > 1.02 and res.model.get_layer("c1").filters == 32, res.message
 
 
-def test_a_move_an_earlier_one_took_away_is_made_before_it(tmp_path, fake_runtime):
+def _time_by_tiles_and_pixels(self, model, shapes):
+    """A group's time: 0.1 ms per tile of 8 output channels of its conv per 8x8 output pixels
+    (so a stride pays), else 1 ns per parameter."""
+    conv = [layer for layer in model.layers if isinstance(layer, L.Conv2D)]
+    if conv:
+        _, h, w, c = conv[0].output.shape
+        return OVERHEAD + 0.1 * -(-c // 8) * h * w / 64
+    return OVERHEAD + 1e-6 * model.count_params()
+
+
+def test_a_move_an_earlier_one_took_away_is_made_before_it(tmp_path, fake_runtime,
+                                                           monkeypatch):
     """The pool turned into a stride of c2 takes c2's removal away (a strided conv cannot be
     removed); the detour removes c2 on the original and turns the pool into a stride again,
     now of c1 (VGG seed 1 on a Xeon with AMX stopped at 1.9x asked for 3x on such a path)."""
@@ -648,6 +659,7 @@ def test_a_move_an_earlier_one_took_away_is_made_before_it(tmp_path, fake_runtim
         L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(x))
     x = L.GlobalAveragePooling2D()(L.MaxPooling2D(name="pool")(x))
     model = keras.Model(inp, L.Dense(4, name="fc")(x))
+    monkeypatch.setattr(LatencyModel, "_time", _time_by_tiles_and_pixels)
     lm = LatencyModel(cache_dir=tmp_path)
     rules = [("stride for pool pool", ConvPoolToStride(only="pool")),
              ("remove c2", RemoveLayer(only="c2"))]
@@ -700,14 +712,45 @@ def test_near_the_goal_a_move_far_past_it_waits_for_two_more_readings(
 
 
 def test_a_detour_makes_as_few_later_moves_as_land():
-    from kopt.flows.search import _landing
+    from kopt.flows.search import _landing, _Replay
 
-    made = [(None, 0.9), (None, 0.7), (None, 0.5), (None, 0.3)]  # after 0, 1, 2, 3 moves
-    assert _landing(made, current=0.8, floor=0.45, aim=0.75) == 1  # the least cut that lands
-    assert _landing(made, current=0.8, floor=0.45, aim=0.6) == 2
-    assert _landing(made, current=0.8, floor=0.1, aim=0.2) == 3  # short: as far as it goes
-    assert _landing(made, current=0.8, floor=0.6, aim=0.65) == 1  # the most above the floor
+    def replays(*ms):  # after 0, 1, 2, ... of the later moves
+        return [_Replay(None, m, tuple(range(k))) for k, m in enumerate(ms)]
+
+    made = replays(0.9, 0.7, 0.5, 0.3)
+    assert len(_landing(made, current=0.8, floor=0.45, aim=0.75).made) == 1  # fewest that land
+    assert len(_landing(made, current=0.8, floor=0.45, aim=0.6).made) == 2
+    assert len(_landing(made, current=0.8, floor=0.1, aim=0.2).made) == 3  # short: the nearest
+    assert len(_landing(made, current=0.8, floor=0.6, aim=0.65).made) == 1  # the most above
+    assert len(_landing(made, current=0.8, floor=0.8, aim=0.9).made) == 1  # past: the nearest
     assert _landing(made, current=0.2, floor=0.0, aim=1.0) is None  # none is faster
+    # with the big step left out, two moves land where every prefix misses the window
+    skipped = made + [_Replay(None, 0.62, (1, 2))]
+    assert _landing(skipped, current=0.8, floor=0.6, aim=0.65).made == (1, 2)
+
+
+def test_a_detour_replays_each_prefix_and_each_with_one_move_left_out(tmp_path, fake_runtime):
+    """Three later moves, c1, c2 and c3 each cut to 24: every prefix, and every prefix with one
+    move left out, each listed once (the prefixes before the one left out are not repeated)."""
+    from kopt.flows.candidates import Candidate, prune_to
+    from kopt.flows.search import _replays
+
+    x = inp = keras.Input((8, 8, 3))
+    for name in ("c1", "c2", "c3"):
+        x = L.Conv2D(32, 3, padding="same", activation="relu", name=name)(x)
+    g = from_keras(keras.Model(inp, L.Dense(4, name="fc")(L.GlobalAveragePooling2D()(x))))
+    lm = LatencyModel(cache_dir=tmp_path)
+    later = []
+    for name in ("c1", "c2", "c3"):
+        group = next(gr for gr in channel_groups(g) if gr.key == name)
+        later.append(Candidate(f"prune {name}", prune_to(g, group, 24), 0.0, info={
+            "group": name, "width": 24, "channels": 32, "order": list(range(32))}))
+    made = sorted(r.made for r in _replays(g, later, lm))
+    assert made == sorted([(), (0,), (0, 1), (0, 1, 2),  # the prefixes
+                           (1,), (1, 2),                 # c1 left out
+                           (0, 2),                       # c2 left out
+                           ])                            # c3 left out: prefixes only
+
 
 
 def test_a_move_is_measured_beside_the_current_model(tmp_path, fake_runtime, monkeypatch):
@@ -742,14 +785,7 @@ def test_a_crawling_search_tries_a_move_an_earlier_one_took_away(tmp_path, fake_
     from rewrites.conv_pool_to_stride import ConvPoolToStride
     from rewrites.remove_layer import RemoveLayer
 
-    def time(self, model, shapes):  # 0.1 ms per tile of 8 channels per 8x8 output
-        conv = [layer for layer in model.layers if isinstance(layer, L.Conv2D)]
-        if conv:
-            _, h, w, c = conv[0].output.shape
-            return OVERHEAD + 0.1 * -(-c // 8) * h * w / 64
-        return OVERHEAD + 1e-6 * model.count_params()
-
-    monkeypatch.setattr(LatencyModel, "_time", time)
+    monkeypatch.setattr(LatencyModel, "_time", _time_by_tiles_and_pixels)
     x = inp = keras.Input((8, 8, 8))
     x = L.Conv2D(8, 3, padding="same", activation="relu", name="c2")(
         L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(x))

@@ -453,6 +453,14 @@ class _Search:
             return None
         self._say(f"search: {now.number}: {why}; trying {len(detours)} moves that an earlier "
                   "move took away, made before it")
+        # a detour makes several moves at once on an earlier model's weights, losing the
+        # fine-tunes since: it gets the epochs of the moves it makes, up to a final
+        # distillation's (VGG seed 2 at 3x on the Xeon: a detour of six moves scored 8 pt
+        # below the original after one epoch and was refused as beyond recovery)
+        s = self.s
+        for move in detours:
+            move.info["epochs"] = min(max(s.final_epochs, s.short_epochs),
+                                      s.short_epochs * move.info["moves"])
         _rank(detours, now.reference, self.calibration, self.predicted)
         return self._first_faster(now.number, detours, 1, self.predicted)
 
@@ -669,9 +677,9 @@ def _detours(points: list[_Point], rules: list[tuple[str, Rule]], lm: LatencyMod
              current: float, floor: float = 0.0, aim: float = math.inf) -> list[Candidate]:
     """When nothing measures faster: the rule moves that applied to an earlier kept model but
     no longer apply (an earlier move took their place away), each made on the latest such
-    model and followed by as many of the moves kept since (made again where they still apply)
-    as _landing chooses (the fewest that land between `floor` and `aim`, predicted ms); those
-    predicted faster than the current model (`current` ms), fastest first.
+    model and followed by the moves kept since (made again where they still apply), as many of
+    them as _landing chooses among _replays; those predicted faster than the current model
+    (`current` ms), fastest first. info["moves"]: how many moves a detour makes at once.
 
     Why: the search is greedy, and one move can take another's place. VGG seed 1 on a Xeon
     with AMX first turned b0_pool into a stride of b0b_conv, which then could no longer be
@@ -694,30 +702,66 @@ def _detours(points: list[_Point], rules: list[tuple[str, Rule]], lm: LatencyMod
             graph = made_on(earlier, blocked_move)
             if graph is None:
                 continue
-            made = [(graph, lm.predict(graph))]  # after 0, 1, ... of the later moves
-            for move in later:
-                graph = made_on(graph, move) or graph
-                made.append((graph, lm.predict(graph)))
-            k = _landing(made, current, floor, aim)
-            if k is not None:
-                found[name] = Candidate(f"{name} (from {points[index].name}), then {k} of the "
-                                        f"{len(later)} moves after it", made[k][0], made[k][1],
-                                        info={"rule": rule, "from": index})
+            chosen = _landing(_replays(graph, later, lm), current, floor, aim)
+            if chosen is None:
+                continue
+            # the moves passed over before the last one made (left out, or no longer applying)
+            left_out = [later[i].name for i in range(max(chosen.made, default=-1))
+                        if i not in chosen.made]
+            found[name] = Candidate(
+                f"{name} (from {points[index].name}), then {len(chosen.made)} of the "
+                f"{len(later)} moves after it" + (f" (not {', '.join(left_out)})"
+                                                  if left_out else ""),
+                chosen.graph, chosen.predicted_ms,
+                info={"rule": rule, "from": index, "moves": 1 + len(chosen.made)})
     return sorted(found.values(), key=lambda c: c.predicted_ms)
 
 
-def _landing(made: list[tuple[Any, float]], current: float, floor: float, aim: float
-             ) -> int | None:
-    """Which of `made` (graph, predicted ms) to take: the first that lands between floor and
-    aim (the least cut that reaches it); else the last that stays above the floor and is
-    faster than `current`; else the last (past the goal); None when none is faster than
+@dataclass
+class _Replay:
+    """A detour's graph after the later moves `made` (their indices) were made again."""
+
+    graph: Any
+    predicted_ms: float
+    made: tuple[int, ...]
+
+
+def _replays(start: Any, later: list[Candidate], lm: LatencyModel) -> list[_Replay]:
+    """The `later` moves made again on `start`, in their order: every prefix of them, and
+    every prefix with one of them left out. Why the one left out: a detour's later moves can
+    hold one step far larger than the rest (VGG on the Xeon: b0_pool's stride, made again on
+    b0a_conv, moves its only 28x28 conv to 14x14, 1.9x -> 3.7x), and the landing may lie
+    between the moves without it and those with it. A move that no longer applies is passed
+    over."""
+    replays = [_Replay(start, lm.predict(start), ())]
+    for skip in [None, *range(len(later))]:
+        graph, made = start, ()
+        for i, move in enumerate(later):
+            after = None if i == skip else made_on(graph, move)
+            if after is None:
+                continue
+            graph, made = after, made + (i,)
+            if skip is None or i > skip:  # before the move left out: a prefix already listed
+                replays.append(_Replay(graph, lm.predict(graph), made))
+    return replays
+
+
+def _landing(replays: list[_Replay], current: float, floor: float, aim: float
+             ) -> _Replay | None:
+    """Which replay a detour takes: of those that land between floor and aim (predicted ms),
+    the one that makes the fewest moves again (then the least cut); else the one nearest that
+    window, short of it (above the floor) or past it; None when none is faster than
     `current`."""
-    faster = [k for k, (_, ms) in enumerate(made) if ms < current]
+    faster = [r for r in replays if r.predicted_ms < current]
     if not faster:
         return None
-    landing = [k for k in faster if floor <= made[k][1] <= aim]
-    above = [k for k in faster if made[k][1] >= floor]
-    return landing[0] if landing else (above or faster)[-1]
+    landing = [r for r in faster if floor <= r.predicted_ms <= aim]
+    if landing:
+        return min(landing, key=lambda r: (len(r.made), -r.predicted_ms))
+    above = [r for r in faster if r.predicted_ms >= floor]
+    if above:
+        return min(above, key=lambda r: r.predicted_ms)
+    return max(faster, key=lambda r: r.predicted_ms)
 
 
 def _made_earlier(earlier: Any, groups: dict, cut: Candidate, criterion: str,
@@ -796,17 +840,18 @@ def _outputs(model: Any, calibration: Any, chunk: int = 64) -> list:
 def _shortlist(moves: list[Candidate], top_k: int, finetune: Finetune | None, epochs: int,
                score: Score, bar: GoalBar, short_from: float | None = None,
                current_score: float = 0.0) -> list[Candidate]:
-    """The top_k best-ranked moves, fine-tuned briefly and scored, best first: by score; or,
-    when the moves fall short of the budget (short_from: the current predicted ms), by score
-    lost per predicted ms cut, then the larger cut (by score alone, the smallest cut would
-    win every such iteration and the search would crawl)."""
+    """The top_k best-ranked moves, fine-tuned briefly (`epochs`, or the move's own
+    info["epochs"]) and scored, best first: by score; or, when the moves fall short of the
+    budget (short_from: the current predicted ms), by score lost per predicted ms cut, then
+    the larger cut (by score alone, the smallest cut would win every such iteration and the
+    search would crawl)."""
     short = moves[:max(1, top_k)]
     for i, cand in enumerate(short, 1):
         if cand.model is None:
             cand.model = to_keras(cand.graph)
         if finetune is not None and epochs > 0:
             bar.doing(f"fine-tuning {i}/{len(short)} ({cand.name})")
-            finetune(cand.model, epochs)
+            finetune(cand.model, cand.info.get("epochs", epochs))
             cand.graph = from_keras(cand.model)
         cand.score = score(cand.model)
     if short_from is None:
