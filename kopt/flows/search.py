@@ -16,13 +16,13 @@ the goal, the same cut made on an earlier kept model, or smaller cuts together, 
 first. When none of the moves that give the cut measures faster, those predicted to cut less
 get their turn, then those that end past the goal: the prediction ranks, the runtime decides;
 and last, before the search stops, a structural move that an earlier move took away (a conv
-that became strided can no longer be removed), made on the model before it, with the moves kept
-since made again (_detours). For a speed-up, every model is measured interleaved with the
-original (kopt.flows.beside_original), so that drift of the machine does not move the goal.
-Iterations stop when the measured latency meets the target, or when no move lowers it. The last
-model gets a longer distillation; if it then scores more than `max_drop` below the original,
-the fastest kept model that is within it is returned instead, and the result says plainly that
-the target was not reached and what was.
+that became strided can no longer be removed), made on the model before it, with as many of the
+moves kept since made again as land (_detours). For a speed-up, every model is measured
+interleaved with the original (kopt.flows.beside_original), so that drift of the machine does
+not move the goal. Iterations stop when the measured latency meets the target, or when no move
+lowers it. The last model gets a longer distillation; if it then scores more than `max_drop`
+below the original, the fastest kept model that is within it is returned instead, and the
+result says plainly that the target was not reached and what was.
 
 optimize(..., target=) starts the search from the exact rewrites that kopt.flows.for_runtime
 measured faster on the target runtime (`start=`: ops XNNPACK does not take or runs on a slow
