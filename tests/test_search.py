@@ -703,7 +703,7 @@ def test_near_the_goal_a_move_far_past_it_waits_for_two_more_readings(
                         lambda self, models, runs=None: [measured(self, m) for m in models])
     res = latency_search(model, Target(ms=slow / 1.04), lambda m: 1.0, latency=lm,
                          max_drop=1.0)
-    assert "met it in one of two more readings" in res.message, res.message
+    assert "met it in one of its readings" in res.message, res.message
     assert res.model.get_layer("wide").filters == 64
     state.update({"fine cut measured": False, "fast again": False})
     res = latency_search(model, Target(ms=slow / 1.04), lambda m: 1.0, latency=lm,
@@ -807,3 +807,30 @@ def test_a_crawling_search_tries_a_move_an_earlier_one_took_away(tmp_path, fake_
     assert kept[0].endswith("stride for pool pool"), res.steps
     assert "remove c2 (from original)" in kept[1], res.steps
     assert "c2" not in {layer.name for layer in res.model.layers}
+
+
+def test_near_the_goal_a_reading_beside_a_candidate_counts(tmp_path, coarse_and_fine_tiles,
+                                                          monkeypatch):
+    """The model met an absolute goal in its first reading (not the aim 2% below it), and
+    reads 3% slower ever after; the fine cuts measure no faster, and only the wide conv's cut
+    (1.66x) is faster. Having met the goal in one of its readings, the search stops there
+    rather than go far past it (VGG seed 0 at 2x on the Xeon read 0.0885 ms against a goal
+    of 0.0892, then just above it, and took a stride to 4.4x)."""
+    model = _wide_and_fine()
+    lm = LatencyModel(cache_dir=tmp_path)
+    slow = lm.predict(from_keras(model))
+    calls = {"n": 0}
+
+    def measured(self, m, runs=None):
+        if m.get_layer("wide").filters < 64:
+            return self.predict(m)
+        calls["n"] += 1  # the model itself, or a fine cut of it: alike
+        return slow if calls["n"] == 1 else slow * 1.03
+
+    monkeypatch.setattr(LatencyModel, "measure", measured)
+    monkeypatch.setattr(LatencyModel, "measure_side_by_side",
+                        lambda self, models, runs=None: [measured(self, m) for m in models])
+    res = latency_search(model, Target(ms=slow * 1.01), lambda m: 1.0, latency=lm,
+                         max_drop=1.0)
+    assert res.reached and res.model.get_layer("wide").filters == 64, res.message
+    assert not any(s["kept"] for s in res.steps[1:]), res.steps
