@@ -44,9 +44,7 @@ class BesideOriginal:
     def now_at(self, model: Any) -> None:
         """The model the search stands at, converted once (the original as it is, every
         other model as shipped). Convert it again after its weights change."""
-        self.current = model
-        self.current_runner = (self.reference if model is self.original
-                               else self.lm.runner(self.shipped(model)))
+        self.current, self.current_runner = model, self._converted(model)
 
     def __call__(self, model: Any) -> float:
         if not self.relative:
@@ -86,7 +84,9 @@ class BesideOriginal:
         return original_ms, ms
 
     def _runner(self, model: Any) -> Any:
-        if model is self.current:
-            return self.current_runner
+        return self.current_runner if model is self.current else self._converted(model)
+
+    def _converted(self, model: Any) -> Any:
+        """The original's runner as it is; any other model converted as shipped."""
         return self.reference if model is self.original else self.lm.runner(
             self.shipped(model))
