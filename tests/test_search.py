@@ -834,3 +834,47 @@ def test_near_the_goal_a_reading_beside_a_candidate_counts(tmp_path, coarse_and_
                          max_drop=1.0)
     assert res.reached and res.model.get_layer("wide").filters == 64, res.message
     assert not any(s["kept"] for s in res.steps[1:]), res.steps
+
+
+def test_a_move_measured_no_faster_is_tried_last(tmp_path, fake_runtime):
+    """c1's width cuts are predicted to give the step and measure no faster (int8 convs on
+    the Xeon with AMX cost the same at 20 or 32 channels). Once refused, the same cut, with
+    the same predicted cut, is not fine-tuned and measured again ahead of the others: the
+    next iteration keeps c2's cut without trying c1's (VGG tried `prune b0b_conv 32->20` in
+    iterations 2-6, ~25 s each time)."""
+    model = _model()
+    lm = LatencyModel(cache_dir=tmp_path)
+    fake_runtime["measured"] = lambda m: LatencyModel.predict(lm, m) + 0.1 * (
+        4 - -(-m.get_layer("c1").filters // 8))
+    res = latency_search(model, Target(speedup=2), _score(model), latency=lm, max_drop=1.0,
+                         crawl=0, final_epochs=0)
+    tried = [s["step"] for s in res.steps[1:]]
+    assert "2: prune c1 32->24" in tried, tried  # refused here ...
+    third = [step for step in tried if step.startswith("3: ")]
+    assert third and not any("c1" in step for step in third), tried  # ... so not tried first
+    assert res.model.get_layer("c1").filters == 32
+
+
+@pytest.mark.parametrize("readings", [1, 3])
+def test_one_lucky_reading_does_not_decide(tmp_path, fake_runtime, monkeypatch, readings):
+    """No move is faster (every model reads the original's ms), but the first reading of each
+    candidate catches it in a fast clock state, 30% faster (the tree example on the Xeon with
+    AMX once read a 2-channel cut 31% faster than the model it was made on). Judged by one
+    reading, moves are kept; by the median of three, none is."""
+    model = _model()
+    lm = LatencyModel(cache_dir=tmp_path)
+    slow = lm.predict(from_keras(model))
+    fake_runtime["measured"] = lambda m: slow
+    seen = []
+
+    def side_by_side(self, models, runs=None):
+        lucky = not any(m is models[-1] for m in seen + [model])
+        seen.append(models[-1])
+        return [slow] * (len(models) - 1) + [slow * (0.7 if lucky else 1.0)]
+
+    monkeypatch.setattr(LatencyModel, "measure_side_by_side", side_by_side)
+    res = latency_search(model, Target(speedup=1.5), _score(model), latency=lm, max_drop=1.0,
+                         readings=readings, max_iterations=3, final_epochs=0)
+    kept = [s for s in res.steps[1:] if s["kept"] and not s["step"].startswith("final")]
+    assert bool(kept) == (readings == 1), res.steps
+    assert not res.reached

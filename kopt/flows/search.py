@@ -136,7 +136,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                    progress: bool = False, shortlists: int = 3,
                    margin: float = 0.02, overshoot: float = 0.12,
                    shipped: Callable[[Any], Any] | None = None, crawl: int = 3,
-                   start: Any = None) -> SearchResult:
+                   start: Any = None, readings: int = 3) -> SearchResult:
     """Search for the most accurate model meeting `target` (see the module docstring).
 
     score(model) -> validation score (higher is better; max_drop is in its units);
@@ -171,7 +171,10 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
     fail. No search that reached its goal in 47 benchmark logs had two such iterations in a
     row. start: an exact rewrite of `model` to start from (the one kopt.flows.for_runtime chose
     for the runtime); the speed-up is still over `model`, and `start` is neither fine-tuned nor
-    distilled unless a move is kept on top of it."""
+    distilled unless a move is kept on top of it. readings: a candidate, and the current
+    model near the goal, are judged by the median of this many interleaved readings (on the
+    Xeon with AMX one reading in a few dozen catches the models in different clock states).
+    A move measured no faster is tried last while its predicted cut is unchanged (_batches)."""
     lm = latency or LatencyModel(target.runtime, target.threads)
     if (lm.runtime, lm.threads) != (target.runtime, target.threads):
         raise SearchTargetError(f"the latency model times {lm.runtime} with {lm.threads} "
@@ -181,7 +184,7 @@ def latency_search(model: Any, target: Target, score: Score, finetune: Finetune 
                          criterion=criterion, min_gain=min_gain, min_channels=min_channels,
                          rules=rules or [], measure_runs=measure_runs, progress=progress,
                          shortlists=shortlists, margin=margin, overshoot=overshoot,
-                         crawl=crawl)
+                         crawl=crawl, readings=readings)
     search = _Search(model, target, score, finetune, calibration, lm, settings, shipped)
     return search.run(start)
 
@@ -206,6 +209,7 @@ class _Settings:
     margin: float
     overshoot: float
     crawl: int
+    readings: int
 
 
 @dataclass
@@ -234,7 +238,8 @@ class _Search:
         self.original, self.target, self.score, self.finetune = model, target, score, finetune
         self.calibration, self.lm, self.s = calibration, lm, settings
         self.clock = BesideOriginal(lm, model, settings.measure_runs,
-                                    relative=target.speedup is not None, shipped=shipped)
+                                    relative=target.speedup is not None, shipped=shipped,
+                                    repeats=settings.readings)
         # a reading within the machine's own noise is no gain (a Xeon with AMX read 1% gains
         # on width cuts that buy nothing there, and kept them at a cost in accuracy)
         self.noise = self.clock.noise()
@@ -250,6 +255,7 @@ class _Search:
                               exact=True)]
         self.readings = [self.measured]  # the current model's, in the original's frame
         self.reach_table: list[dict] = []
+        self.refused: set[tuple[str, float]] = set()  # moves measured no faster (_refused)
         self.pace: list[float] = []  # each kept iteration's measured cut, as a share of its step
         self.stop = ""
         self.cut = settings.step * self.predicted
@@ -360,7 +366,7 @@ class _Search:
             self._say(f"search: {now.number}: no move that gives the step measured faster; "
                       f"trying the {len(offer.smaller)} predicted to cut less")
             _rank(offer.smaller, now.reference, self.calibration, self.predicted)
-            accepted = self._first_faster(now.number, offer.smaller, s.shortlists,
+            accepted = self._first_faster(now, offer.smaller, s.shortlists,
                                           self.predicted)
         if accepted is None and self._near_goal():
             self.stop = (f"the model measured within {_NEAR_GOAL:.0%} of the goal and met it "
@@ -378,7 +384,7 @@ class _Search:
             self._say(f"search: {now.number}: no move short of the goal measured faster; "
                       f"trying the {len(offer.beyond)} that go past it")
             _rank(offer.beyond, now.reference, self.calibration)
-            accepted = self._first_faster(now.number, offer.beyond, 1)
+            accepted = self._first_faster(now, offer.beyond, 1)
         if accepted is None:
             accepted = self._detour(now, "nothing measured faster")
         if accepted is None:
@@ -400,8 +406,7 @@ class _Search:
             self.bar.doing("combining the ranked moves")
             _combine(self.g, self.lm, self.predicted, now.budget, now.floor, moves,
                      offer.found.first_cuts, now.reference, self.calibration)
-        tries = [(moves[i:], s.top_k) for i in
-                 range(0, min(len(moves), s.top_k * s.shortlists), max(1, s.top_k))]
+        tries = [(batch, len(batch)) for batch in self._batches(now, moves, s.shortlists)]
         if not short and all(c.predicted_ms < now.floor for c in moves):
             self.bar.doing("looking for a cut that lands within the overshoot allowed")
             landings = _landings(self.points, moves, offer.found.first_cuts, self.g,
@@ -471,16 +476,37 @@ class _Search:
             move.info["epochs"] = min(max(s.final_epochs, s.short_epochs),
                                       s.short_epochs * move.info["moves"])
         _rank(detours, now.reference, self.calibration, self.predicted)
-        return self._first_faster(now.number, detours, 1, self.predicted)
+        return self._first_faster(now, detours, 1, self.predicted)
 
-    def _first_faster(self, it: int, ranked: list[Candidate], lists: int,
+    def _batches(self, now: _Iteration, ranked: list[Candidate], lists: int
+                 ) -> list[list[Candidate]]:
+        """The first `lists` shortlists of top_k of the `ranked` moves, in rank order, the
+        moves measured no faster in an earlier trial, with the same predicted cut (the layers
+        around them unchanged), in shortlists of their own after the others: they are
+        fine-tuned and measured only when the others are not faster either. Why: on the Xeon
+        with AMX, VGG's `prune b0b_conv 32->20` and `prune b0a_conv 32->20` (int8 convs cost
+        the same at 20 or 32 channels there) were fine-tuned and measured again in iterations
+        2-6 of most runs, ~25 s each time, and never read faster."""
+        k = max(1, self.s.top_k)
+        fresh = [c for c in ranked if self._refusal(c) not in self.refused]
+        refused = [c for c in ranked if self._refusal(c) in self.refused]
+        if refused:
+            self._say(f"search: {now.number}: measured no faster before, tried last: "
+                      + ", ".join(c.name for c in refused))
+        return [part[i:i + k] for part in (fresh, refused) for i in range(0, len(part), k)
+                ][:lists]
+
+    def _refusal(self, cand: Candidate) -> tuple[str, float]:
+        """What a refusal is remembered by: the move's name and its predicted cut."""
+        return cand.name, round(self.predicted - cand.predicted_ms, 6)
+
+    def _first_faster(self, now: _Iteration, ranked: list[Candidate], lists: int,
                       short_from: float | None = None) -> Candidate | None:
-        """The first of `lists` shortlists of the `ranked` moves (top_k each, fine-tuned, best
+        """The first of `lists` shortlists of the `ranked` moves (_batches, fine-tuned, best
         first) that measures faster, past the goal or not; None if none does."""
-        top_k = self.s.top_k
-        for i in range(0, min(len(ranked), top_k * lists), max(1, top_k)):
-            for cand in self._tuned(ranked[i:], top_k, short_from):
-                if self._trial(it, cand, past_ok=True)[0]:
+        for batch in self._batches(now, ranked, lists):
+            for cand in self._tuned(batch, len(batch), short_from):
+                if self._trial(now.number, cand, past_ok=True)[0]:
                     return cand
         return None
 
@@ -509,7 +535,10 @@ class _Search:
             return False, False
         self.readings.append(cand.beside_ms)
         lost = self.base - cand.score > _BEYOND_RECOVERY * self.s.max_drop
-        ok = cand.measured_ms < cand.beside_ms * (1 - self.min_gain) and not lost
+        faster = cand.measured_ms < cand.beside_ms * (1 - self.min_gain)
+        if not faster:
+            self.refused.add(self._refusal(cand))
+        ok = faster and not lost
         past = ok and not past_ok and cand.measured_ms * (1 + self.s.overshoot) < self.goal
         self.steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
                                cand.measured_ms, cand.score, ok and not past, cand.error))
