@@ -878,3 +878,27 @@ def test_one_lucky_reading_does_not_decide(tmp_path, fake_runtime, monkeypatch, 
     kept = [s for s in res.steps[1:] if s["kept"] and not s["step"].startswith("final")]
     assert bool(kept) == (readings == 1), res.steps
     assert not res.reached
+
+
+def test_the_reach_table_lists_structural_moves_beside_the_groups(tmp_path, fake_runtime):
+    """Where width cuts buy nothing, the table that says why a target is out of reach must
+    show the structural moves too: each prunable group's largest predicted cut and each
+    structural move's, with its kind, and the stop message names the largest."""
+    from kopt.flows.candidates import made_on, Candidate
+    from kopt.flows.search import _moves, _reach_summary
+    from rewrites.svd_dense import SvdDense
+
+    x = inp = keras.Input((8, 8, 3))
+    x = L.GlobalAveragePooling2D(name="gap")(L.Conv2D(16, 3, activation="relu", name="c1")(x))
+    x = L.Dense(512, name="d2")(L.Dense(512, activation="relu", name="d1")(x))
+    g = from_keras(keras.Model(inp, L.Dense(4, name="fc")(x)))
+    lm = LatencyModel(cache_dir=tmp_path)
+    current = lm.predict(g)
+    rule = SvdDense(ratio=0.1)
+    offer = _moves(g, lm, current, 0.1 * current, 0.0, "l1", None, 4, [("svd d2", rule)])
+    rows = {r["group"]: r for r in offer.table}
+    svd_ms = lm.predict(made_on(g, Candidate("svd d2", g, 0.0, info={"rule": rule})))
+    assert rows["svd d2"]["kind"] == "structural"
+    assert rows["svd d2"]["best_cut_ms"] == pytest.approx(current - svd_ms)
+    assert any(r["kind"] == "channels" and r["best_cut_ms"] > 0 for r in offer.table), rows
+    assert "svd d2: " in _reach_summary(offer.table, top=len(offer.table))

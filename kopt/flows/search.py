@@ -352,7 +352,7 @@ class _Search:
         self.bar.doing("pricing moves")
         offer = _moves(self.g, self.lm, self.predicted, now.budget, now.floor, s.criterion,
                        self.calibration, s.min_channels, s.rules)
-        self.reach_table = offer.found.table
+        self.reach_table = offer.table
         no_move = "no move is predicted to lower the latency" + _reach_summary(self.reach_table)
         if not offer.moves and not s.rules:
             self.stop = no_move
@@ -568,13 +568,14 @@ _BEYOND_RECOVERY = 10.0
 
 
 def _reach_summary(table: list[dict], top: int = 3) -> str:
-    """The groups that could cut the most, for a message saying why a target is out of reach."""
+    """The moves that could cut the most, for a message saying why a target is out of reach."""
     rows = sorted(table, key=lambda r: -r["best_cut_ms"])[:top]
     if not rows:
-        return " (no prunable channel group)"
+        return " (no prunable channel group, no structural move)"
     return " (largest predicted cuts: " + ", ".join(
-        f"{r['group']} {r['channels']}->{r['best_width']}: {r['best_cut_ms']:.4f} ms"
-        for r in rows) + "; SearchResult.reach_table has every group)"
+        (f"{r['group']} {r['channels']}->{r['best_width']}" if r["kind"] == "channels"
+         else r["group"]) + f": {r['best_cut_ms']:.4f} ms"
+        for r in rows) + "; SearchResult.reach_table has every group and structural move)"
 
 
 def _remaining(predicted: float, measured: float, goal: float, margin: float = 0.05) -> float:
@@ -589,13 +590,16 @@ class _Offer:
     """What an iteration may try, in turn: `moves`, ranked and shortlisted; `beyond`, those
     left out for ending past the floor; `smaller`, those predicted to cut less than the
     budget, when others give it; `short`: no move gives the budget (`moves` are then each
-    group's largest cut and the rules that cut less); `found`: every channel move found."""
+    group's largest cut and the rules that cut less); `found`: every channel move found;
+    `table`: the reach table, a row per prunable group (its largest predicted cut) and per
+    structural move that applies (its predicted cut), each with its `kind`."""
 
     moves: list[Candidate]
     beyond: list[Candidate]
     smaller: list[Candidate]
     short: bool
     found: ChannelMoves
+    table: list[dict]
 
 
 def _moves(g: Any, lm: LatencyModel, current: float, budget: float, floor: float,
@@ -615,14 +619,20 @@ def _moves(g: Any, lm: LatencyModel, current: float, budget: float, floor: float
     1.4x with a layer removal and a pool's stride, predicted to cut less, never tried)."""
     found = channel_candidates(g, lm, current, budget, criterion, calibration, min_channels)
     rule_moves, rule_fallbacks = rule_candidates(g, lm, current, budget, rules)
+    # the structural moves' cuts beside the groups': where width cuts buy nothing (VGG's
+    # 28x28 convs on the Xeon with AMX), a stride or a removed layer is what does
+    table = [dict(row, kind="channels") for row in found.table] + [
+        {"group": c.name, "kind": "structural", "channels": None, "best_width": None,
+         "best_cut_ms": current - c.predicted_ms} for c in rule_moves + rule_fallbacks]
     moves, smaller = found.moves + rule_moves, found.fallbacks + rule_fallbacks
     short = not moves
     if short:
         moves, smaller = smaller, []
     within = [c for c in moves if c.predicted_ms >= floor]
     if not within:
-        return _Offer(moves, [], smaller, short, found)
-    return _Offer(within, [c for c in moves if c.predicted_ms < floor], smaller, short, found)
+        return _Offer(moves, [], smaller, short, found, table)
+    return _Offer(within, [c for c in moves if c.predicted_ms < floor], smaller, short, found,
+                  table)
 
 
 def _combine(g: Any, lm: LatencyModel, current: float, budget: float, floor: float,
