@@ -255,7 +255,7 @@ class _Search:
                               exact=True)]
         self.readings = [self.measured]  # the current model's, in the original's frame
         self.reach_table: list[dict] = []
-        self.refused: set[tuple[str, float]] = set()  # moves measured no faster (_refused)
+        self.refused: set[tuple[str, float]] = set()  # moves measured no faster (_batches)
         self.pace: list[float] = []  # each kept iteration's measured cut, as a share of its step
         self.stop = ""
         self.cut = settings.step * self.predicted
