@@ -902,3 +902,19 @@ def test_the_reach_table_lists_structural_moves_beside_the_groups(tmp_path, fake
     assert rows["svd d2"]["best_cut_ms"] == pytest.approx(current - svd_ms)
     assert any(r["kind"] == "channels" and r["best_cut_ms"] > 0 for r in offer.table), rows
     assert "svd d2: " in _reach_summary(offer.table, top=len(offer.table))
+
+
+def test_a_candidate_is_converted_once_for_its_readings(tmp_path, fake_runtime, monkeypatch):
+    """The median of three readings times one converted file three times: conversion (1-2 s
+    a model to int8 TFLite) is not repeated per reading."""
+    from kopt.flows.beside_original import BesideOriginal
+
+    converted = []
+    monkeypatch.setattr(LatencyModel, "runner", lambda self, m: converted.append(m) or m)
+    model, other = _model(), _model()
+    clock = BesideOriginal(LatencyModel(cache_dir=tmp_path), model, runs=10, relative=True,
+                           repeats=3)
+    before = len(converted)
+    clock.against_current(other)
+    clock(other)
+    assert len(converted) - before == 2, converted  # once per call, not once per reading

@@ -62,23 +62,22 @@ class BesideOriginal:
         if not self.relative:
             readings = [self.lm.measure(runner, runs=self.runs) for _ in range(self.repeats)]
         else:
-            readings = [ms * self.original_ms / original_ms for original_ms, ms in
-                        (self._side_by_side(runner) for _ in range(self.repeats))]
+            readings = [self._in_frame(runner) for _ in range(self.repeats)]
         return float(np.median(readings))
 
     def against_current(self, model: Any) -> tuple[float, float]:
         """(the current model's ms, `model`'s ms), measured now, interleaved (with the
         original too for a speed-up, both then in its frame): of `repeats` readings, the one
         whose ratio of the two is the median, so that the pair stays one reading."""
-        readings = [self._against_current(self._runner(model)) for _ in range(self.repeats)]
+        runner = self._runner(model)  # converted once for all the readings
+        readings = [self._against_current(runner) for _ in range(self.repeats)]
         readings.sort(key=lambda pair: pair[1] / pair[0])
         return readings[len(readings) // 2]
 
     def _against_current(self, runner: Any) -> tuple[float, float]:
         """One reading for against_current."""
         if self.relative and self.current_runner is self.reference:
-            original_ms, ms = self._side_by_side(runner)
-            return self.original_ms, ms * self.original_ms / original_ms
+            return self.original_ms, self._in_frame(runner)
         runners = [self.current_runner, runner]
         if not self.relative:
             current_ms, ms = self.lm.measure_side_by_side(runners, runs=self.runs)
@@ -101,6 +100,11 @@ class BesideOriginal:
         """The original's ms and the (shipped) model's, measured now, interleaved (not
         rescaled): the figures a final speed-up is quoted from."""
         return self._side_by_side(self._runner(model))
+
+    def _in_frame(self, runner: Any) -> float:
+        """One reading of `runner` beside the original, scaled into the original's frame."""
+        original_ms, ms = self._side_by_side(runner)
+        return ms * self.original_ms / original_ms
 
     def _side_by_side(self, runner: Any) -> tuple[float, float]:
         original_ms, ms = self.lm.measure_side_by_side([self.reference, runner], runs=self.runs)
