@@ -9,8 +9,9 @@ search delivers on the seed examples, side by side with int8 PTQ of the original
 
 For each model, seed and speed-up: train on digits (examples/_harness.train), run
 kopt.optimize(model, data, validation, target=speed-up), export both int8 files and time them
-interleaved (examples/_harness.latencies), and report the asked and measured speed-up, test
-accuracy of each int8 file, the drop, parameters, MACs and the wall time of the search.
+interleaved in the machine's fast state (examples/_harness.latencies), and report the asked
+and measured speed-up, test accuracy of each int8 file, the drop, parameters, MACs and the wall
+time of the search.
 Every row also times the float .tflite of the original (ms_float, acc_float). --recipe also
 runs the fixed recipe (optimize without target), --tfmot tensorflow-model-optimization's
 magnitude pruning (examples/_tfmot_baseline.magnitude_prune, then int8 PTQ), each once per
@@ -78,7 +79,7 @@ def run_one(name: str, seed: int, speedup: float, args: argparse.Namespace, cach
         files.update({k: export_tflite(m, f"{tmp}/{k}.tflite", x[:256])
                       for k, m in points.items()})
         runners = {k: LiteRTRunner(f.path, threads=1) for k, f in files.items()}
-        ms = latencies(runners, n=args.invokes)
+        ms = latencies(runners, n=args.invokes, reference="ptq")
         acc = {k: tflite_accuracy(r, xt, yt) for k, r in runners.items()}
     g0, g1 = kopt.from_keras(original), kopt.from_keras(small)
     row = dict(model=name, variant=variant(args), seed=seed, asked=speedup,

@@ -191,7 +191,7 @@ def run_one(kind: str, speedup: float, seed: int, invokes: int) -> dict:
         files = {"ptq": export_tflite(model, f"{tmp}/ptq.tflite", x[:256]),
                  "search": export_tflite(small, f"{tmp}/search.tflite", x[:256])}
         runners = {k: LiteRTRunner(f.path, threads=1) for k, f in files.items()}
-        ms = latencies(runners, n=invokes)
+        ms = latencies(runners, n=invokes, reference="ptq")
         acc = {k: tflite_accuracy(r, xt, yt) for k, r in runners.items()}
     return dict(model=kind, seed=seed, asked=speedup, measured=ms["ptq"] / ms["search"],
                 ms_ptq=ms["ptq"], ms_search=ms["search"], acc_ptq=acc["ptq"],

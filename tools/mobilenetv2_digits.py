@@ -159,7 +159,7 @@ def main() -> int:
                    "int8_after": export_tflite(small, f"{tmp}/after_int8.tflite", cal)}
         phase("export")
         runners = {k: LiteRTRunner(r.path, threads=1) for k, r in exports.items()}
-        ms = latencies(runners, n=args.invokes)
+        ms = latencies(runners, n=args.invokes, reference="int8_before")
         sources = {"float": original, "int8_before": original, "int8_after": small}
         rows = {k: dict(bytes=r.bytes, ms=ms[k], acc=tflite_accuracy(runners[k], xt, yt),
                         acc_hard=tflite_accuracy(runners[k], xh, yh),

@@ -942,11 +942,9 @@ def _finish(points: list[_Point], steps: list[dict], target: Target, base: float
             break
     chosen = chosen or original
     original_ms = original.measured_ms
-    if chosen is not original:  # the ratio from measurements interleaved, side by side:
-        # the better of two readings (on the Xeon with AMX the same two files read 1.45x or
-        # 1.75x from one second to the next, and the higher one is the machine left alone)
-        original_ms, chosen.measured_ms = max(
-            (clock.side_by_side(chosen.model) for _ in range(2)), key=lambda r: r[0] / r[1])
+    if chosen is not original:  # the ratio from measurements interleaved, side by side,
+        # in the machine's fast state (BesideOriginal), the median of its readings
+        original_ms, chosen.measured_ms = clock.side_by_side(chosen.model)
     goal = target.goal_ms(original_ms)
     reached = chosen.measured_ms <= goal
     bar.show(original.measured_ms - chosen.measured_ms,

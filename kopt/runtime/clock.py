@@ -8,14 +8,15 @@ the same code.
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from kopt.runtime.time_bundle import median_ms
 
-__all__ = ["interleaved_ms", "median_ms"]
+__all__ = ["FastState", "interleaved_ms", "median_ms"]
 
 
 def interleaved_ms(calls: list[Callable[[], object]], per_round: int, rounds: int
@@ -34,3 +35,40 @@ def interleaved_ms(calls: list[Callable[[], object]], per_round: int, rounds: in
                 run[i] = time.perf_counter() - start
             spent.append(run * 1e3)
     return times
+
+
+class FastState:
+    """Readings taken while the machine runs at full speed, told by a reference's time.
+
+    On the project's 2-core Intel Xeon (KVM) the machine switches between a fast and a slow
+    state about once a second, with nothing else running, and a speed-up read in each differs
+    by more than a target's 15% window: the tree and VGG examples' int8 files, interleaved,
+    read 1.77-1.90x in the fast state and 1.20-2.00x in the slow one (58% of 40 readings;
+    tools/bench_clock_states.py), since the smaller model loses more there. A search judged
+    in one state and quoted in the other missed its window both ways (tree seed 2 asked for
+    4x: 4.42x in the search's last reading, 3.46x in the benchmark's, PTQ read 0.2292 ms
+    against its usual 0.17).
+
+    So a reading, whose first figure is the reference's ms (the original, read beside the
+    others), counts when the reference reads within `tolerance` of its fastest reading so
+    far; else it is taken again, up to `tries` times, and the one with the fastest reference
+    is kept. The first `least` readings only learn the fastest: a first reading in the slow
+    state would otherwise pass. Where the machine has one state, every reading passes."""
+
+    def __init__(self, tolerance: float = 0.10, tries: int = 6, least: int = 5):
+        self.tolerance, self.tries, self.least = tolerance, tries, least
+        self.fastest, self.seen = math.inf, 0  # seen: readings taken, counted or not
+
+    def reading(self, read: Callable[[], Sequence[float]]) -> list[float]:
+        """read(): the ms of one reading, the reference's first; returns a reading that
+        counts (or the best of the tries)."""
+        best: list[float] | None = None
+        for _ in range(max(self.tries, self.least - self.seen)):
+            ms = [float(v) for v in read()]
+            self.seen += 1
+            self.fastest = min(self.fastest, ms[0])
+            if best is None or ms[0] < best[0]:
+                best = ms
+            if self.seen >= self.least and best[0] <= self.fastest * (1 + self.tolerance):
+                break
+        return best
