@@ -311,7 +311,7 @@ def test_fast_state_learns_the_fastest_before_a_reading_counts():
     readings only learn the reference's fastest time, and the fastest of them is returned."""
     from kopt.runtime.clock import FastState
 
-    fast = FastState()
+    fast = FastState(learn_s=0)
     readings = [[0.25, 0.18], [0.17, 0.094], [0.26, 0.19], [0.24, 0.16], [0.27, 0.19]]
     assert fast.reading(_script(readings)) == [0.17, 0.094]
     assert fast.seen == 5 and fast.fastest == 0.17
@@ -320,7 +320,7 @@ def test_fast_state_learns_the_fastest_before_a_reading_counts():
 def test_fast_state_retakes_a_slow_reading_and_keeps_the_best_of_its_tries():
     from kopt.runtime.clock import FastState
 
-    fast = FastState(tries=3)
+    fast = FastState(tries=3, learn_s=0)
     fast.reading(_script([[0.17, 0.094]] * 5))
     assert fast.reading(_script([[0.26, 0.18], [0.175, 0.095]])) == [0.175, 0.095]  # 2 reads
     assert fast.seen == 7
@@ -329,3 +329,21 @@ def test_fast_state_retakes_a_slow_reading_and_keeps_the_best_of_its_tries():
     # a machine with one state: one reading a call
     fast.reading(_script([[0.171, 0.094]]))
     assert fast.seen == 11
+
+
+def test_fast_state_learns_for_its_first_seconds():
+    """A slow spell can outlast five readings: every reading of the first `learn_s` seconds
+    only learns the fastest."""
+    import time
+
+    from kopt.runtime.clock import FastState
+
+    def read():
+        time.sleep(0.02)
+        return [0.17, 0.094]
+
+    fast = FastState(least=1, learn_s=0.1)
+    fast.reading(read)
+    assert fast.seen >= 5
+    fast.reading(read)  # learnt: one reading
+    assert fast.seen >= 6 and not fast.learning()
