@@ -92,13 +92,17 @@ class BesideOriginal:
         scale = self.original_ms / original_ms
         return current_ms * scale, ms * scale
 
-    def noise(self, pairs: int = 3) -> float:
-        """How far the original reads from itself side by side (the largest of `pairs`
+    def noise(self, pairs: int = 5) -> float:
+        """How far the original reads from itself side by side (the median of `pairs`
         readings of |1 - ratio|): a gain smaller than this is the machine's, not the model's.
         On this project's Intel Xeon (2 cores, KVM) two runners of one file read 0.94-1.06
-        apart in 15 side-by-side pairs (sd 1-3%, VGG and tree examples)."""
+        apart in 15 side-by-side pairs (sd 1-3%, VGG and tree examples). The median, not the
+        largest: a judgement is itself the median of readings, and with readings taken in the
+        fast state the largest of three read 2.6-2.7% in two of six searches (0.1-0.2% in
+        the others) and refused a cut measured 1.9% faster that would have met the goal (VGG
+        seed 0 asked for 3x stopped at 2.97x)."""
         readings = [self._read([self.reference, self.reference]) for _ in range(pairs)]
-        return max(abs(1.0 - a / b) for a, b in readings)
+        return float(np.median([abs(1.0 - a / b) for a, b in readings]))
 
     def side_by_side(self, model: Any) -> tuple[float, float]:
         """The original's ms and the (shipped) model's, measured now, interleaved (not
