@@ -963,3 +963,42 @@ def test_one_odd_pair_does_not_set_the_noise(tmp_path, fake_runtime, monkeypatch
     monkeypatch.setattr(LatencyModel, "measure_side_by_side", side_by_side)
     clock = BesideOriginal(LatencyModel(cache_dir=tmp_path), model, runs=10, relative=True)
     assert clock.noise() == pytest.approx(1 - 1 / 1.002, abs=1e-4)
+
+
+def test_a_model_whose_readings_meet_the_aim_keeps_no_further_move(tmp_path, fake_runtime,
+                                                                   monkeypatch):
+    """The reading that kept a move can be one high reading: when the current model's
+    readings beside the next iteration's candidates put its median within the aim, the next
+    move is not kept (the tree at 3x on the Xeon read its model under the aim beside five
+    candidates after a keeping reading above it, kept two more moves and ended at 4.33x)."""
+    from kopt.flows import search as search_module
+    from kopt.flows.candidates import Candidate
+
+    model = _model()
+    lm = LatencyModel(cache_dir=tmp_path)
+    slow = lm.predict(from_keras(model))
+    goal = slow / 1.5
+    kept = []
+
+    def choose(self, now):  # each iteration offers one more move, as _choose would
+        cand = Candidate(f"move {now.number}", self.g, self.predicted * 0.8, score=1.0,
+                         model=keras.models.clone_model(model))
+        if now.number == 1:  # kept on one high reading: 5% above the goal
+            cand.beside_ms, cand.measured_ms = slow, goal * 1.05
+        else:  # the current model read beside this iteration's candidates: at the aim
+            self.readings += [goal * 0.97] * 2
+            cand.beside_ms, cand.measured_ms = goal * 0.97, goal * 0.8
+        kept.append(cand.name)
+        return cand
+
+    keep, made = search_module._Search._keep, []
+
+    def recorded_keep(self, accepted, budget):
+        made.append(accepted.name)
+        keep(self, accepted, budget)
+
+    monkeypatch.setattr(search_module._Search, "_choose", choose)
+    monkeypatch.setattr(search_module._Search, "_keep", recorded_keep)
+    latency_search(model, Target(ms=goal), lambda m: 1.0, latency=lm, max_drop=1.0,
+                   final_epochs=0, max_iterations=4)
+    assert kept == ["move 1", "move 2"] and made == ["move 1"], (kept, made)
