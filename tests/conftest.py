@@ -106,3 +106,14 @@ def load_tool():
 
     return load
 
+
+
+@pytest.fixture(autouse=True)
+def _no_fast_state_learning(monkeypatch):
+    """A search or a benchmark quote learns the machine's fast state for its first seconds
+    (kopt.runtime.clock.FastState.LEARN_S, 5 s; 15 s for a quote): the tests check what is
+    decided, not how well this machine reads, and their first five readings learn enough.
+    tests/test_latency.py tests the learning itself with learn_s given."""
+    from kopt.runtime.clock import FastState
+
+    monkeypatch.setattr(FastState, "LEARN_S", 0.0)

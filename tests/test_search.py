@@ -10,7 +10,6 @@ keras = pytest.importorskip("keras")
 from kopt.errors import SearchTargetError  # noqa: E402
 from kopt.flows.candidates import channel_candidates, step_widths  # noqa: E402
 from kopt.flows.search import Target, latency_search  # noqa: E402
-from kopt.runtime.clock import FastState  # noqa: E402
 from kopt.ir.channels import channel_groups  # noqa: E402
 from kopt.keras_io import from_keras  # noqa: E402
 from kopt.runtime.latency import LatencyModel  # noqa: E402
@@ -53,7 +52,6 @@ def fake_runtime(monkeypatch):
     monkeypatch.setattr(LatencyModel, "runner", lambda self, m: m)
     monkeypatch.setattr(LatencyModel, "measure_side_by_side",
                         lambda self, models, runs=None: [measure(self, m) for m in models])
-    monkeypatch.setattr(FastState, "LEARN_S", 0.0)  # fake readings take no time to learn from
     return state
 
 
