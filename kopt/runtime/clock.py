@@ -85,4 +85,5 @@ class FastState:
                 return best
 
     def learning(self) -> bool:
+        """Still learning the fastest: readings now only teach, they do not count yet."""
         return self.seen < self.least or time.perf_counter() - self.started < self.learn_s
