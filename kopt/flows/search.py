@@ -337,7 +337,7 @@ class _Search:
         and went on to 4.33x)."""
         if self.current is self.original or len(self.readings) < 3:
             return False
-        standing = statistics.median(self.readings)
+        standing = self._standing()
         if standing > self.aim:
             return False
         self.measured = standing
@@ -345,6 +345,11 @@ class _Search:
                   f"median of its {len(self.readings)} readings, within the aim: "
                   f"{accepted.name} not kept")
         return True
+
+    def _standing(self) -> float:
+        """Where the current model stands: the median of its readings (the one that kept it
+        and those beside this iteration's candidates)."""
+        return statistics.median(self.readings)
 
     def _crawling(self) -> bool:
         """The last `crawl` kept iterations each cut less than _CRAWL_PACE of their step."""
@@ -470,7 +475,7 @@ class _Search:
         model's readings meets the goal, those taken beside this iteration's candidates
         included (VGG seed 0 at 2x read 0.0885 ms against a goal of 0.0892, then 0.0893-0.0922
         beside three candidates, and took a stride to 4.4x), else if one of two more does."""
-        if min(self.measured, statistics.median(self.readings)) > self.goal * (1 + _NEAR_GOAL):
+        if min(self.measured, self._standing()) > self.goal * (1 + _NEAR_GOAL):
             return False  # the median: the reading that kept the model can be a high one
         if min(self.readings) > self.goal:
             self.readings += [self.clock(self.current) for _ in range(2)]
