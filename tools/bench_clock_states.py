@@ -11,7 +11,7 @@ vmstat): a fast one (tree 0.162 ms, VGG 0.094 ms, 1.75x) and a slow one (0.25-0.
 0.17-0.24 ms, 1.45x). The smaller model loses more in the slow state, so a speed-up read in it
 is lower: a tree search asked for 2x read its result at 2.17x right after its final
 distillation and at 2.5x twenty seconds later, in the same process. The summary splits the
-readings at 1.1x the first file's fastest reading. Readings are the search's own
+readings as FastState does: at 1.1x the first file's fastest reading. Readings are the search's own
 (kopt.runtime.clock.interleaved_ms, 5 rounds of 40 runs each, as LatencyModel.measure_side_by_
 side takes them for a model of this size). Run it alone on the machine.
 """
@@ -65,9 +65,13 @@ def readings(paths: list[str], seconds: float, gap: float = 1.0) -> list[dict]:
     return rows
 
 
-def summary(rows: list[dict], fast: float = 1.1) -> dict:
-    """The readings split at `fast` times the first file's fastest reading."""
+def summary(rows: list[dict]) -> dict:
+    """The readings split as the search splits them (kopt.runtime.clock.FastState): fast
+    where the first file reads within the tolerance of its fastest reading."""
+    from kopt.runtime.clock import FastState
+
     best = min(r["ms"][0] for r in rows)
+    fast = 1 + FastState.TOLERANCE
     out = {"readings": len(rows), "first_fastest_ms": best}
     for state, keep in (("fast", lambda r: r["ms"][0] <= fast * best),
                         ("slow", lambda r: r["ms"][0] > fast * best)):

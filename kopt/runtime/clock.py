@@ -59,8 +59,9 @@ class FastState:
     every later reading passes."""
 
     LEARN_S = 5.0  # the default learn_s (tests with instant fake readings set it to 0)
+    TOLERANCE = 0.10  # the default tolerance (tools/bench_clock_states.py splits by it too)
 
-    def __init__(self, tolerance: float = 0.10, tries: int = 6, least: int = 5,
+    def __init__(self, tolerance: float = TOLERANCE, tries: int = 6, least: int = 5,
                  learn_s: float | None = None):
         self.tolerance, self.tries, self.least = tolerance, tries, least
         self.learn_s = self.LEARN_S if learn_s is None else learn_s
