@@ -128,6 +128,28 @@ def test_search_reaches_a_speedup(tmp_path, fake_runtime):
     assert all(w % 8 == 0 for w in widths)  # snapped to the tiles
 
 
+def test_the_search_says_where_its_time_went(tmp_path, fake_runtime, caplog):
+    """Each iteration logs its seconds, those spent fine-tuning and measuring, and how many
+    readings it took for those that counted (on a machine with a slow clock state, readings
+    taken again cost time); the result carries the totals."""
+    import time
+
+    model = _model()
+
+    def finetune(m, epochs):
+        time.sleep(0.05)
+
+    with caplog.at_level("INFO", logger="kopt"):
+        res = latency_search(model, Target(speedup=1.5), _score(model), finetune,
+                             latency=LatencyModel(cache_dir=tmp_path), max_drop=1.0)
+    spent = res.seconds
+    assert set(spent) == {"fine-tuning", "measuring", "final", "total"}, spent
+    assert spent["fine-tuning"] >= 0.05 and spent["measuring"] > 0
+    assert spent["fine-tuning"] + spent["measuring"] + spent["final"] <= spent["total"]
+    lines = [r.getMessage() for r in caplog.records if "readings taken for" in r.getMessage()]
+    assert lines and all("fine-tuning" in line for line in lines), lines
+
+
 def test_drift_of_the_machine_does_not_move_the_goal(tmp_path, fake_runtime, monkeypatch):
     """The machine slows by 15% at every measurement (the original alone first, then each
     model beside it): judged alone, every candidate would read slower than the model before

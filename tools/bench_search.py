@@ -88,7 +88,8 @@ def run_one(name: str, seed: int, speedup: float, args: argparse.Namespace, cach
                acc_search=acc["search"], drop_pt=100 * (acc["ptq"] - acc["search"]),
                params=(g0.count_params(), g1.count_params()),
                macs=(g0.count_macs(), g1.count_macs()), reached=opt.search.reached,
-               message=opt.search.message, search_s=seconds, load=os.getloadavg()[0],
+               message=opt.search.message, search_s=seconds,
+               search_spent=opt.search.seconds, load=os.getloadavg()[0],
                steps=opt.steps)
     row.update(ms_float=ms["float"], acc_float=acc["float"],
                bytes={k: f.bytes for k, f in files.items()})

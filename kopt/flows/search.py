@@ -43,8 +43,11 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import time
+from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from kopt.errors import SearchTargetError
 from kopt.flows.beside_original import BesideOriginal
@@ -111,6 +114,10 @@ class SearchResult:
     original_score: float
     score: float
     reach_table: list[dict] = field(default_factory=list)
+    # where the search's time went, in seconds: "fine-tuning" (the candidates' short
+    # distillations and scores), "measuring" (their conversion and side-by-side readings),
+    # "final" (the final distillation and quote), "total"
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def speedup(self) -> float:
@@ -263,6 +270,7 @@ class _Search:
         self.stop = ""
         self.cut = settings.step * self.predicted
         self.bar: GoalBar | None = None
+        self.spent: Counter[str] = Counter()  # seconds, by what they went on (_spending)
 
     def run(self, start: Any = None) -> SearchResult:
         s = self.s
@@ -274,18 +282,47 @@ class _Search:
             self._start_from(start)
             self.cut = s.step * self.predicted
         # the bar shows the measured ms cut so far out of the cut the goal asks for
+        started = time.perf_counter()
         with progress_to(self.points[0].measured_ms - self.goal, s.progress, "search") as bar:
             self.bar = bar
             for it in range(1, s.max_iterations + 1):
-                if not self._iteration(it):
+                if not self._timed_iteration(it):
                     break
             else:
                 self.stop = f"stopped after {s.max_iterations} iterations"
             # the final distillation changes the kept models' weights: convert them afresh
             self.clock.now_at(self.original)
-            return _finish(self.points, self.steps, self.target, self.base, s.max_drop,
-                           self.finetune, s.final_epochs, self.score, self.stop,
-                           self.reach_table, self.clock, s.progress, bar)
+            with self._spending("final"):
+                result = _finish(self.points, self.steps, self.target, self.base, s.max_drop,
+                                 self.finetune, s.final_epochs, self.score, self.stop,
+                                 self.reach_table, self.clock, s.progress, bar)
+        result.seconds = {**self.spent, "total": time.perf_counter() - started}
+        self._say("search: seconds spent: " + ", ".join(
+            f"{kind} {sec:.0f}" for kind, sec in result.seconds.items()))
+        return result
+
+    def _timed_iteration(self, it: int) -> bool:
+        """_iteration, then a log line of where its time went: a search's wall time is mostly
+        fine-tuning and measuring, and on a machine with a slow clock state the readings taken
+        again (kopt.runtime.clock.FastState) can cost as much as the training."""
+        started, before = time.perf_counter(), Counter(self.spent)
+        taken, counted = self.clock.fast.seen, self.clock.fast.counted
+        go = self._iteration(it)
+        spent = self.spent - before
+        self._say(f"search: {it}: {time.perf_counter() - started:.0f} s (fine-tuning "
+                  f"{spent['fine-tuning']:.0f} s, measuring {spent['measuring']:.0f} s: "
+                  f"{self.clock.fast.seen - taken} readings taken for "
+                  f"{self.clock.fast.counted - counted} counted)")
+        return go
+
+    @contextmanager
+    def _spending(self, kind: str) -> Iterator[None]:
+        """Adds the seconds of the block to self.spent[kind]."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[kind] += time.perf_counter() - started
 
     def _start_from(self, start: Any) -> None:
         """The exact rewrite for the runtime, kept as the first point without training."""
@@ -302,8 +339,8 @@ class _Search:
     def _iteration(self, it: int) -> bool:
         """One NetAdapt iteration: a move kept (True), or the search stops (False)."""
         if self.measured <= self.aim and self.current is not self.original:
-            self.measured = self.clock(self.current)  # once more: one reading's noise must
-            self.readings.append(self.measured)       # not decide the target
+            self.measured = self._read_current()  # once more: one reading's noise must
+            self.readings.append(self.measured)   # not decide the target
         if self.measured <= self.aim:
             return False
         self.bar.show(self.points[0].measured_ms - self.measured,
@@ -347,6 +384,11 @@ class _Search:
                   f"median of its {len(self.readings)} readings, within the aim: "
                   f"{accepted.name} not kept")
         return True
+
+    def _read_current(self) -> float:
+        """The current model's ms, read now (BesideOriginal.__call__)."""
+        with self._spending("measuring"):
+            return self.clock(self.current)
 
     def _standing(self) -> float:
         """Where the current model stands: the median of its readings (the one that kept it
@@ -480,7 +522,7 @@ class _Search:
         if min(self.measured, self._standing()) > self.goal * (1 + _NEAR_GOAL):
             return False  # the median: the reading that kept the model can be a high one
         if min(self.readings) > self.goal:
-            self.readings += [self.clock(self.current) for _ in range(2)]
+            self.readings += [self._read_current() for _ in range(2)]
         return min(self.readings) <= self.goal
 
     def _detour(self, now: _Iteration, why: str) -> Candidate | None:
@@ -539,8 +581,9 @@ class _Search:
     def _tuned(self, moves: list[Candidate], k: int, short_from: float | None = None
                ) -> list[Candidate]:
         """_shortlist with this search's fine-tune and score."""
-        return _shortlist(moves, k, self.finetune, self.s.short_epochs, self.score, self.bar,
-                          short_from, self.points[-1].score)
+        with self._spending("fine-tuning"):
+            return _shortlist(moves, k, self.finetune, self.s.short_epochs, self.score,
+                              self.bar, short_from, self.points[-1].score)
 
     def _trial(self, it: int, cand: Candidate, past_ok: bool = False) -> tuple[bool, bool]:
         """Measure a fine-tuned candidate beside the current model (and the original) and log
@@ -552,7 +595,8 @@ class _Search:
         every next move (tree seed 2 at 2x)."""
         self.bar.doing(f"measuring {cand.name}")
         try:
-            cand.beside_ms, cand.measured_ms = self.clock.against_current(cand.model)
+            with self._spending("measuring"):
+                cand.beside_ms, cand.measured_ms = self.clock.against_current(cand.model)
         except RuntimeError as err:  # LiteRT could not prepare its file
             self.steps.append(_row(f"{it}: {cand.name}", cand.graph, cand.predicted_ms,
                                    math.nan, cand.score, False, cand.error))

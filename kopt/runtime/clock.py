@@ -66,6 +66,7 @@ class FastState:
         self.tolerance, self.tries, self.least = tolerance, tries, least
         self.learn_s = self.LEARN_S if learn_s is None else learn_s
         self.fastest, self.seen = math.inf, 0  # seen: readings taken, counted or not
+        self.counted = 0  # readings returned
         self.started: float | None = None
 
     def reading(self, read: Callable[[], Sequence[float]]) -> list[float]:
@@ -83,6 +84,7 @@ class FastState:
             if self.learning():
                 continue
             if best[0] <= self.fastest * (1 + self.tolerance) or tries >= self.tries:
+                self.counted += 1
                 return best
 
     def learning(self) -> bool:
