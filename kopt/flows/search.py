@@ -245,6 +245,7 @@ class _Search:
     def __init__(self, model: Any, target: Target, score: Score, finetune: Finetune | None,
                  calibration: Any, lm: LatencyModel, settings: _Settings,
                  shipped: Callable[[Any], Any] | None):
+        self.started = time.perf_counter()  # the original's first readings count too
         self.original, self.target, self.score, self.finetune = model, target, score, finetune
         self.calibration, self.lm, self.s = calibration, lm, settings
         self.clock = BesideOriginal(lm, model, settings.measure_runs,
@@ -282,7 +283,6 @@ class _Search:
             self._start_from(start)
             self.cut = s.step * self.predicted
         # the bar shows the measured ms cut so far out of the cut the goal asks for
-        started = time.perf_counter()
         with progress_to(self.points[0].measured_ms - self.goal, s.progress, "search") as bar:
             self.bar = bar
             for it in range(1, s.max_iterations + 1):
@@ -296,7 +296,7 @@ class _Search:
                 result = _finish(self.points, self.steps, self.target, self.base, s.max_drop,
                                  self.finetune, s.final_epochs, self.score, self.stop,
                                  self.reach_table, self.clock, s.progress, bar)
-        result.seconds = {**self.spent, "total": time.perf_counter() - started}
+        result.seconds = {**self.spent, "total": time.perf_counter() - self.started}
         self._say("search: seconds spent: " + ", ".join(
             f"{kind} {sec:.0f}" for kind, sec in result.seconds.items()))
         return result
