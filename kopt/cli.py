@@ -59,8 +59,9 @@ def _optimize(args: argparse.Namespace) -> int:
         for step in opt.steps:
             times = "".join(f"{step[k]:>10.4f}" if step.get(k) is not None else f"{'':>10}"
                             for k in ("predicted_ms", "measured_ms")) if ms else ""
+            val = "-" if step["val_score"] is None else f"{step['val_score']:.4f}"
             print(f"{step['step']:<28}{step['params']:>10,}{step['macs']:>14,}"
-                  f"{step['val_score']:>{w}.4f}{times}  {'yes' if step['kept'] else 'no'}")
+                  f"{val:>{w}}{times}  {'yes' if step['kept'] else 'no'}")
         if ms:
             print(opt.search.message)
     new.save(args.output)

@@ -224,3 +224,27 @@ def test_teacher_outputs_of_a_stream_are_computed_once_per_sample(small_digits, 
     assert cache.hits == 32 and len(cache.store) == 96
     full = TeacherCache(limit=0)  # no room: computed every time, still right
     assert full.outputs(model, x[:8])[0].shape == (8, 10) and not full.store
+
+
+def test_teacher_outputs_of_arrays_are_computed_once_per_run(small_digits, model,
+                                                              monkeypatch):
+    """A latency search retrains many candidates on the same arrays: with the run's cache the
+    teacher passes over them once, and each retrain reads its outputs in its own shuffled
+    order; other arrays are computed afresh."""
+    import kopt.flows.distill as distill
+    from kopt.flows.distill import TeacherCache, retrain
+
+    x, y = small_digits[0][:128], small_digits[1][:128]
+    passes = []
+    real = distill.predict_outputs
+    monkeypatch.setattr(distill, "predict_outputs",
+                        lambda m, xs, **kw: passes.append(m) or real(m, xs, **kw))
+    cache = TeacherCache()
+    for _ in range(2):
+        retrain(keras.models.clone_model(model), model, (x, y), epochs=1, recalibrate=False,
+                teacher_cache=cache)
+    assert passes.count(model) == 1 and cache.hits == 128
+    outputs = cache.of_arrays(model, x[::-1].copy())
+    assert passes.count(model) == 2  # other arrays: the teacher runs again
+    np.testing.assert_allclose(outputs[0], real(model, x[::-1].copy())[0], rtol=1e-5,
+                               atol=1e-7)

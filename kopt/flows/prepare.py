@@ -40,7 +40,7 @@ class Prepared:
     compared with (the caller's, or a recalibrated copy); `fit_data`: what retrain reads
     (arrays, or the training stream); `calibration`: samples in memory for the rules (all of
     the training arrays, or the first CALIBRATION samples of a stream); `teacher_cache`: the
-    original's outputs kept across passes of a finite stream."""
+    original's outputs kept across calls (arrays) or passes (a finite stream)."""
 
     original: Any
     train: Batches
@@ -88,8 +88,8 @@ def prepare(model: Any, data: Any, validation: Any = None, max_accuracy_drop: fl
     if validation is not None:
         val = validation_batches(validation, batch_size, validation_steps, original,
                                  "validation")
-    # a stream read again gives the same samples back: their teacher outputs are kept
-    cache = TeacherCache() if train.arrays is None and train.reiterable else None
+    # arrays, or a stream read again, give the same samples back: their teacher outputs are kept
+    cache = TeacherCache() if train.arrays is not None or train.reiterable else None
     return Prepared(split_separable(original), train, val, fit_data, calibration, chosen, cache)
 
 
