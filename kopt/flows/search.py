@@ -18,7 +18,9 @@ first. When none of the moves that give the cut measures faster, those predicted
 get their turn, then those that end past the goal: the prediction ranks, the runtime decides;
 and last, before the search stops, a structural move that an earlier move took away (a conv
 that became strided can no longer be removed), made on the model before it, with as many of the
-moves kept since made again as land (_detours). For a speed-up, every model is measured
+moves kept since made again as land (_detours), the landing checked by measurement (_placed);
+near the goal, such a detour is tried before the search stops short of it, if one lands
+within the window. For a speed-up, every model is measured
 interleaved with the original (kopt.flows.beside_original), so that drift of the machine does
 not move the goal. Iterations stop when the measured latency meets the target, or when no move
 lowers it. The last model gets a longer distillation; if it then scores more than `max_drop`
