@@ -549,7 +549,8 @@ class _Search:
         # distillation's (VGG seed 2 at 3x on the Xeon: a detour of six moves scored 8 pt
         # below the original after one epoch and was refused as beyond recovery)
         s = self.s
-        detours = [self._placed(now, move) for move in detours]
+        detours = [placed for move in detours
+                   if (placed := self._placed(now, move)) is not None]
         if not past_ok:
             floor = self.goal / (1 + s.overshoot)
             detours = [move for move in detours
@@ -562,7 +563,7 @@ class _Search:
         _rank(detours, now.reference, self.calibration, self.predicted)
         return self._first_faster(now, detours, 1, self.predicted)
 
-    def _placed(self, now: _Iteration, move: Candidate) -> Candidate:
+    def _placed(self, now: _Iteration, move: Candidate) -> Candidate | None:
         """A detour's landing (how many of the later moves it makes again) chosen by its
         measured ms, not by the prediction alone: its first landing, chosen by the prediction
         in the current model's frame, is measured (untrained: latency does not depend on the
@@ -572,7 +573,8 @@ class _Search:
         readings' own landing wins. Why: the prediction is worst for the moves a detour
         makes (VGG seed 1 at 3x on the Xeon: `remove b0b_conv (from original), then 2 of the 5
         moves after it` was predicted at 1.68x the ms it measured, the model it replaced at
-        1.09x, so a detour placed for ~2.4x landed at 3.6x)."""
+        1.09x, so a detour placed for ~2.4x landed at 3.6x). None when the runtime cannot
+        run it."""
         detour: _Detour = move.info["detour"]
         floor, aim = self.goal / (1 + self.s.overshoot), self.aim  # measured ms
         read: list[tuple[_Replay, Candidate]] = []
@@ -590,7 +592,7 @@ class _Search:
             if replay is None or any(replay is r for r, _ in read):
                 break
         if not read:
-            return move
+            return None
         if len(read) > 1:
             self._say(f"search: {now.number}: {detour.name}: landings measured at "
                       + ", ".join(f"{c.measured_ms:.4f}" for _, c in read)
@@ -652,8 +654,9 @@ class _Search:
                               self.bar, short_from, self.points[-1].score)
 
     def _measured(self, it: int, cand: Candidate) -> bool:
-        """Measure a candidate beside the current model (and the original): True when it
-        reads min_gain faster; else its row is logged, rejected. Beside the current model,
+        """Measure a candidate beside the current model (and the original), unless it was
+        read so already (a detour, placed by its readings): True when it reads min_gain
+        faster; else its row is logged, rejected. Beside the current model,
         not against its reading from an earlier iteration: on the Xeon with AMX one model
         reads 1.45x or 1.75x faster than another from one second to the next, and a lucky low
         reading of the current model refused every next move (tree seed 2 at 2x)."""
